@@ -1,0 +1,48 @@
+"""The app's view of ``settings.PUBLISHER``, read when asked for, never at import."""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class Config:
+    LAUNCHER: dict = field(default_factory=lambda: {"BACKEND": "publisher.launchers.local.LocalLauncher"})
+    SITE_ROOT: Path = Path("var/site")
+    SITE_URL: str = "http://127.0.0.1:8000/site/"
+    SITE_RELEASES_KEPT: int = 5
+    LOG_DIR: Path = Path("var/log")
+    BUILD_TIMEOUT: int = 10800
+    BUILD_HEARTBEAT_INTERVAL: int = 10
+    BUILD_LAUNCH_TIMEOUT: int = 60
+    BUILD_START_TIMEOUT: int = 300
+    BUILD_LOST_AFTER: int = 120
+    BUILD_STALL_AFTER: int = 900
+    BUILD_STALL_REPORT_EVERY: int = 3600
+    BUILD_RETRY_BASE: int = 30
+    BUILD_RETRY_MAX: int = 1800
+    BUILD_MAX_ATTEMPTS: int = 5
+    BUILD_HISTORY_DAYS: int = 90
+
+    @property
+    def build_log_dir(self):
+        return Path(self.LOG_DIR) / "builds"
+
+
+NAMES = frozenset(f.name for f in fields(Config))
+
+
+def get_config():
+    """The current ``PUBLISHER`` setting with defaults filled in; unknown keys are refused by name."""
+    values = dict(getattr(settings, "PUBLISHER", {}) or {})
+    unknown = sorted(set(values) - NAMES)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"Unknown key(s) in settings.PUBLISHER: {', '.join(unknown)}. Known keys: {', '.join(sorted(NAMES))}."
+        )
+    for name in ("SITE_ROOT", "LOG_DIR"):
+        if name in values:
+            values[name] = Path(values[name])
+    return Config(**values)

@@ -1,0 +1,89 @@
+"""The launcher contract (DESIGN §4). Subclasses implement ``launch``, ``status``, ``stop`` and ``check``."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+STARTING, RUNNING, GONE, UNKNOWN = "starting", "running", "gone", "unknown"
+STATUSES = (STARTING, RUNNING, GONE, UNKNOWN)
+
+
+class LaunchError(Exception):
+    """A launch, status or stop call failed.
+
+    ``status`` is the HTTP status (or ``None``), ``error_id`` and ``platform_message`` are the platform's error id
+    and message, ``request_id`` its request id, ``retryable`` whether trying again later can help, and
+    ``needs_operator`` whether a person must act (a bad key, a missing app) so the failure is reported at once.
+    Never carries a secret.
+    """
+
+    def __init__(
+        self,
+        message,
+        *,
+        status=None,
+        error_id=None,
+        platform_message=None,
+        request_id=None,
+        retryable=True,
+        needs_operator=False,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_id = error_id
+        self.platform_message = platform_message
+        self.request_id = request_id
+        self.retryable = retryable
+        self.needs_operator = needs_operator
+
+    def __str__(self):
+        return self.message
+
+
+class BaseLauncher:
+    """Starts ``buildstaticsite --build ID --token T`` somewhere and returns a JSON-able handle at once.
+
+    Options come as keyword arguments (``PUBLISHER["LAUNCHER"]["OPTIONS"]``); names not in ``option_defaults``
+    are refused. Settings are read here, when the launcher is built, never at import.
+    """
+
+    #: Short name recorded on each build (``Build.launcher``).
+    name = "base"
+    #: Accepted option names and their defaults.
+    option_defaults = {}
+
+    def __init__(self, **options):
+        from ..conf import get_config
+
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{type(self).__name__} does not accept option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self.option_defaults)) or 'none'}."
+            )
+        self.options = {**self.option_defaults, **options}
+        self.config = get_config()
+
+    def launch(self, *, build_id, token):
+        """Start the build detached; return a JSON-able handle. Raise ``LaunchError`` on failure."""
+        raise NotImplementedError(f"{type(self).__name__} must implement launch()")
+
+    def status(self, handle):
+        """One of ``starting``, ``running``, ``gone``, ``unknown`` for a handle returned by ``launch``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement status()")
+
+    def stop(self, handle):
+        """Stop the process behind the handle (already gone is fine)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement stop()")
+
+    def check(self):
+        """A list of ``django.core.checks`` messages about this launcher's configuration."""
+        raise NotImplementedError(f"{type(self).__name__} must implement check()")
+
+    def describe(self, handle):
+        """A few words naming where the build runs, for messages ("run.4821", "pid 1234")."""
+        return str(handle)
+
+    @staticmethod
+    def build_arguments(*, build_id, token):
+        """The arguments after ``python`` that run one build."""
+        return ["manage.py", "buildstaticsite", "--build", str(int(build_id)), "--token", str(token)]

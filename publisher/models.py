@@ -1,0 +1,131 @@
+import re
+
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from . import signals
+
+SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+# Names the build writes at the top level of a release (DESIGN §5), and a few it may write later.
+RESERVED_SLUGS = frozenset(
+    {"404", "assets", "css", "current", "favicon", "index", "page", "release", "releases", "robots", "sitemap", "static"}
+)
+# The fields whose change alters what the site shows.
+CONTENT_FIELDS = ("title", "slug", "body")
+
+slug_format = RegexValidator(
+    re.compile(SLUG_PATTERN),
+    "Use lowercase letters a-z, digits and single hyphens between them (no leading, trailing or double hyphens).",
+    code="slug_format",
+)
+
+
+def validate_not_reserved(value):
+    if value in RESERVED_SLUGS:
+        raise ValidationError(
+            "“%(value)s” is a name the site build writes at the top level; choose another slug. Reserved: %(names)s.",
+            code="slug_reserved",
+            params={"value": value, "names": ", ".join(sorted(RESERVED_SLUGS))},
+        )
+
+
+class Page(models.Model):
+    title = models.CharField(max_length=200)
+    slug = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[slug_format, validate_not_reserved],
+        help_text="The page's address on the site: lowercase letters, digits and hyphens, at most 100 characters.",
+    )
+    body = models.TextField(blank=True, help_text="Plain text; blank lines separate paragraphs.")
+    is_published = models.BooleanField("published", default=False, editable=False, db_index=True)
+    published_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        permissions = [("publish_page", "Can publish and unpublish pages")]
+
+    def __str__(self):
+        return self.title
+
+    @property
+    def status(self):
+        return "published" if self.is_published else "draft"
+
+    def get_absolute_url(self):
+        return reverse("admin:publisher_page_change", args=[self.pk])
+
+    def site_url(self, base_url):
+        """The page's address on the built site under ``base_url`` (``SITE_URL``)."""
+        return f"{base_url.rstrip('/')}/{self.slug}/"
+
+    # --- Saving, publishing and deleting: the only places the page signals are sent --------------------------
+
+    def save(self, *args, by=None, **kwargs):
+        """Save, and send the one page signal that this change means for the live site (if any).
+
+        The signal is sent inside the same transaction as the row change, so what its receivers write commits
+        with the content or not at all.
+        """
+        with transaction.atomic():
+            before = None
+            if self.pk is not None and not self._state.adding:
+                before = (
+                    type(self)
+                    .objects.select_for_update()
+                    .filter(pk=self.pk)
+                    .values("is_published", *CONTENT_FIELDS)
+                    .first()
+                )
+            if self.is_published and self.published_at is None:
+                self.published_at = timezone.now()
+            super().save(*args, **kwargs)
+            signal = self._signal_for(before)
+            if signal is not None:
+                signal.send(sender=type(self), page=self, by=by)
+
+    def _signal_for(self, before):
+        was_live = bool(before and before["is_published"])
+        if self.is_published and not was_live:
+            return signals.page_published
+        if was_live and not self.is_published:
+            return signals.page_unpublished
+        if was_live and any(before[name] != getattr(self, name) for name in CONTENT_FIELDS):
+            return signals.page_changed
+        return None
+
+    def has_unsaved_changes(self):
+        if self.pk is None:
+            return True
+        stored = type(self).objects.filter(pk=self.pk).values(*CONTENT_FIELDS).first()
+        return stored is None or any(stored[name] != getattr(self, name) for name in CONTENT_FIELDS)
+
+    def publish(self, *, by=None):
+        """Make the page (with any unsaved edits) live. Returns False when there was nothing to do."""
+        if self.is_published and not self.has_unsaved_changes():
+            return False
+        self.is_published = True
+        self.save(by=by)
+        return True
+
+    def unpublish(self, *, by=None):
+        """Take the page off the site. Returns False when it was not published."""
+        if not self.is_published:
+            return False
+        self.is_published = False
+        self.published_at = None
+        self.save(by=by)
+        return True
+
+    def delete(self, *args, by=None, **kwargs):
+        with transaction.atomic():
+            was_live = type(self).objects.filter(pk=self.pk, is_published=True).exists()
+            result = super().delete(*args, **kwargs)
+            if was_live:
+                signals.page_deleted.send(sender=type(self), page=self, by=by)
+        return result

@@ -1,0 +1,1 @@
+"""Receivers that turn page signals into build requests (connected in ``apps.ready``)."""

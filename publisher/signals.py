@@ -1,0 +1,14 @@
+"""Signals about content that changes what the live site shows (DESIGN §2).
+
+Each is sent inside the transaction that changed the page, with keyword arguments ``page`` and ``by`` (the user
+who acted, or ``None``). One user action sends exactly one of the page signals.
+"""
+
+from django.dispatch import Signal
+
+page_published = Signal()  # a page went from draft to published
+page_unpublished = Signal()  # a published page was taken down
+page_changed = Signal()  # a published page was saved with changes (they go live with the next build)
+page_deleted = Signal()  # a published page was deleted
+
+PAGE_SIGNALS = (page_published, page_unpublished, page_changed, page_deleted)

@@ -1,0 +1,216 @@
+"""Django settings for the publisher project, read from the environment (DESIGN §1).
+
+A ``.env`` file in the project root is loaded first; it never overrides variables that are already set.
+The app itself reads only ``settings.PUBLISHER`` (built at the bottom of this file), never the environment.
+"""
+
+from email.utils import parseaddr
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+from . import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env", override=False)
+
+
+def project_path(value):
+    """A path from the environment, resolved against the project root when relative."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else BASE_DIR / path
+
+
+VAR_DIR = project_path(env.string("VAR_DIR", "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.boolean("DEBUG", False)
+SECRET_KEY = env.string("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it in the environment (Heroku: heroku config:set SECRET_KEY=...) "
+            "or run 'make run', which writes a development .env with DEBUG=1 and a generated key."
+        )
+    SECRET_KEY = "django-insecure-development-only"
+
+LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+ALLOWED_HOSTS = env.strings("ALLOWED_HOSTS", LOCAL_HOSTS)
+CSRF_TRUSTED_ORIGINS = env.strings(
+    "CSRF_TRUSTED_ORIGINS", [f"http://{host}" for host in LOCAL_HOSTS] + [f"https://{host}" for host in LOCAL_HOSTS]
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_q",
+    "publisher",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "settings.urls"
+WSGI_APPLICATION = "settings.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------------------
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+_db = dj_database_url.config(default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0 if DEBUG else 600)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process, the worker and build processes write one SQLite file at once: WAL lets readers run beside
+    # the writer, the busy timeout waits for the lock instead of failing, and IMMEDIATE transactions take the write
+    # lock at BEGIN so two writers never deadlock on a read-to-write upgrade.
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env.integer("SQLITE_TIMEOUT", 20),
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+elif _db["ENGINE"].startswith("django.db.backends.postgresql"):
+    _db["CONN_HEALTH_CHECKS"] = True
+    _host = _db.get("HOST") or ""
+    _local = not _host or _host.startswith("/") or _host in ("localhost", "127.0.0.1", "::1")
+    # Heroku Postgres requires TLS; a database on this machine (development, tests) has none.
+    if env.boolean("DATABASE_SSL_REQUIRE", not DEBUG and not _local):
+        _db.setdefault("OPTIONS", {})["sslmode"] = "require"
+DATABASES = {"default": _db}
+
+# --- Auth, i18n, static ---------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# --- Production (Heroku terminates TLS at its router) ---------------------------------------------------------
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- Email: failure and stall reports -------------------------------------------------------------------------
+ADMINS = [(parseaddr(item)[0] or parseaddr(item)[1], parseaddr(item)[1]) for item in env.strings("ADMINS")]
+SERVER_EMAIL = env.string("SERVER_EMAIL", "publisher@localhost")
+DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", SERVER_EMAIL)
+EMAIL_BACKEND = env.string(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env.string("EMAIL_HOST", "localhost")
+EMAIL_PORT = env.integer("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env.string("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env.string("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env.boolean("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env.boolean("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env.integer("EMAIL_TIMEOUT", 10)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "publisher": {"handlers": ["console"], "level": env.string("PUBLISHER_LOG_LEVEL", "INFO"), "propagate": False},
+    },
+}
+
+# --- django-q2: the worker process (tuned in the sweep issue) --------------------------------------------------
+Q_CLUSTER = {
+    "name": "publisher",
+    "orm": "default",
+    "workers": 1,
+    "timeout": 120,
+    "retry": 180,
+    "max_attempts": 1,
+    "catch_up": False,
+    "poll": 5,
+}
+
+# --- publisher -------------------------------------------------------------------------------------------------
+LAUNCHERS = {
+    "local": "publisher.launchers.local.LocalLauncher",
+    "heroku": "publisher.launchers.heroku.HerokuLauncher",
+}
+_launcher = env.string("LAUNCHER", "local")
+_launcher_options = {
+    "local": {},
+    "heroku": {
+        "API_KEY": env.string("HEROKU_API_KEY", ""),
+        "APP_NAME": env.string("HEROKU_APP_NAME", ""),
+        "API_URL": env.string("HEROKU_API_URL", "https://api.heroku.com"),
+        "DYNO_SIZE": env.string("HEROKU_DYNO_SIZE", ""),
+        "COMMAND_PREFIX": env.string("HEROKU_COMMAND_PREFIX", ""),
+        "CONNECT_TIMEOUT": env.integer("HEROKU_CONNECT_TIMEOUT", 5),
+        "READ_TIMEOUT": env.integer("HEROKU_READ_TIMEOUT", 15),
+    },
+}
+
+PUBLISHER = {
+    # An unknown name is passed through as a dotted path; the app reports it (publisher.E001) if it cannot load it.
+    "LAUNCHER": {"BACKEND": LAUNCHERS.get(_launcher, _launcher), "OPTIONS": _launcher_options.get(_launcher, {})},
+    "SITE_ROOT": project_path(env.string("SITE_ROOT", "var/site")),
+    "SITE_URL": env.string("SITE_URL", "http://127.0.0.1:8000/site/"),
+    "SITE_RELEASES_KEPT": env.integer("SITE_RELEASES_KEPT", 5),
+    "LOG_DIR": VAR_DIR / "log",
+    "BUILD_TIMEOUT": env.integer("BUILD_TIMEOUT", 10800),
+    "BUILD_HEARTBEAT_INTERVAL": env.integer("BUILD_HEARTBEAT_INTERVAL", 10),
+    "BUILD_LAUNCH_TIMEOUT": env.integer("BUILD_LAUNCH_TIMEOUT", 60),
+    "BUILD_START_TIMEOUT": env.integer("BUILD_START_TIMEOUT", 300),
+    "BUILD_LOST_AFTER": env.integer("BUILD_LOST_AFTER", 120),
+    "BUILD_STALL_AFTER": env.integer("BUILD_STALL_AFTER", 900),
+    "BUILD_STALL_REPORT_EVERY": env.integer("BUILD_STALL_REPORT_EVERY", 3600),
+    "BUILD_RETRY_BASE": env.integer("BUILD_RETRY_BASE", 30),
+    "BUILD_RETRY_MAX": env.integer("BUILD_RETRY_MAX", 1800),
+    "BUILD_MAX_ATTEMPTS": env.integer("BUILD_MAX_ATTEMPTS", 5),
+    "BUILD_HISTORY_DAYS": env.integer("BUILD_HISTORY_DAYS", 90),
+}
