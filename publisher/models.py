@@ -3,7 +3,6 @@ import re
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models, transaction
-from django.urls import reverse
 from django.utils import timezone
 
 from . import signals
@@ -56,9 +55,6 @@ class Page(models.Model):
     @property
     def status(self):
         return "published" if self.is_published else "draft"
-
-    def get_absolute_url(self):
-        return reverse("admin:publisher_page_change", args=[self.pk])
 
     def site_url(self, base_url):
         """The page's address on the built site under ``base_url`` (``SITE_URL``)."""

@@ -1,0 +1,37 @@
+# Two commands: `make run` brings the product up (web + worker, LAUNCHER=local, SQLite); `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+export PORT
+
+.PHONY: run test lint format
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Written once: a generated SECRET_KEY and admin password, DEBUG=1. Delete .env to start again.
+.env: | .env.example
+	$(BIN)/python -c "import re, secrets, pathlib; t = pathlib.Path('.env.example').read_text(); \
+	t = re.sub(r'(?m)^SECRET_KEY=.*$$', 'SECRET_KEY=' + secrets.token_urlsafe(50), t); \
+	t = re.sub(r'(?m)^DEBUG=.*$$', 'DEBUG=1', t); \
+	t = re.sub(r'(?m)^DEV_ADMIN_PASSWORD=.*$$', 'DEV_ADMIN_PASSWORD=' + secrets.token_urlsafe(12), t); \
+	pathlib.Path('.env').write_text(t)"
+
+run: $(BIN)/.installed .env
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py devsetup --port $(PORT)
+	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start --no-colour -e /dev/null -f Procfile.dev -p $(PORT)
+
+test: $(BIN)/.installed
+	tests/run
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
