@@ -10,7 +10,20 @@ from . import signals
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 # Names the build writes at the top level of a release (DESIGN §5), and a few it may write later.
 RESERVED_SLUGS = frozenset(
-    {"404", "assets", "css", "current", "favicon", "index", "page", "release", "releases", "robots", "sitemap", "static"}
+    {
+        "404",
+        "assets",
+        "css",
+        "current",
+        "favicon",
+        "index",
+        "page",
+        "release",
+        "releases",
+        "robots",
+        "sitemap",
+        "static",
+    }
 )
 # The fields whose change alters what the site shows.
 CONTENT_FIELDS = ("title", "slug", "body")
@@ -51,14 +64,6 @@ class Page(models.Model):
 
     def __str__(self):
         return self.title
-
-    @property
-    def status(self):
-        return "published" if self.is_published else "draft"
-
-    def site_url(self, base_url):
-        """The page's address on the built site under ``base_url`` (``SITE_URL``)."""
-        return f"{base_url.rstrip('/')}/{self.slug}/"
 
     # --- Saving, publishing and deleting: the only places the page signals are sent --------------------------
 
@@ -120,8 +125,15 @@ class Page(models.Model):
 
     def delete(self, *args, by=None, **kwargs):
         with transaction.atomic():
-            was_live = type(self).objects.filter(pk=self.pk, is_published=True).exists()
-            result = super().delete(*args, **kwargs)
-            if was_live:
+            # Sent before the row goes, so receivers still see the page's id; the transaction binds both.
+            if type(self).objects.filter(pk=self.pk, is_published=True).exists():
                 signals.page_deleted.send(sender=type(self), page=self, by=by)
-        return result
+            return super().delete(*args, **kwargs)
+
+    @property
+    def status(self):
+        return "published" if self.is_published else "draft"
+
+    def site_url(self, base_url):
+        """The page's address on the built site under ``base_url`` (``SITE_URL``)."""
+        return f"{base_url.rstrip('/')}/{self.slug}/"

@@ -94,7 +94,7 @@ class SitemapWriter:
         self._close_file()
         self.files += 1
         self.count = 0
-        self.handle = open(self.directory / f"sitemap-{self.files}.xml", "w", encoding="utf-8")  # noqa: SIM115
+        self.handle = open(self.directory / f"sitemap-{self.files}.xml", "w", encoding="utf-8")
         self.handle.write(self.urlset_head)
 
     def _close_file(self):

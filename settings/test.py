@@ -8,8 +8,8 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
 
-from .settings import *  # noqa: E402,F403
-from .settings import DATABASES, PUBLISHER, VAR_DIR  # noqa: E402
+from .settings import *  # noqa: F403
+from .settings import DATABASES, PUBLISHER, VAR_DIR
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
@@ -18,3 +18,4 @@ PUBLISHER["LAUNCHER"] = {"BACKEND": "publisher.launchers.recording.RecordingLaun
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
+SECURE_SSL_REDIRECT = SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False

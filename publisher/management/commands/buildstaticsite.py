@@ -1,6 +1,6 @@
 import logging
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, SystemCheckError
 
 from ... import interrupts
 from ...conf import get_config
@@ -12,6 +12,13 @@ logger = logging.getLogger("publisher.build")
 
 class Command(BaseCommand):
     help = "Render the whole static site into a new release and switch the live site to it atomically."
+
+    def check(self, *args, **kwargs):
+        try:
+            super().check(*args, **kwargs)
+        except SystemCheckError as exc:
+            # A configuration problem: exit 2 (DESIGN §6), not the generic 1 of a failed build.
+            raise CommandError(str(exc), returncode=2) from None
 
     def handle(self, *args, **options):
         config = get_config()

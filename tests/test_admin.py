@@ -1,0 +1,150 @@
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from publisher import signals
+from publisher.models import Page
+
+pytestmark = pytest.mark.django_db
+CHANGELIST = reverse("admin:publisher_page_changelist")
+
+
+@pytest.fixture
+def sent():
+    received = []
+
+    def receiver(signal, page, by, **kwargs):
+        received.append((signal, page.slug, by.username if by else None))
+
+    for signal in signals.PAGE_SIGNALS:
+        signal.connect(receiver, weak=False)
+    yield received
+    for signal in signals.PAGE_SIGNALS:
+        signal.disconnect(receiver)
+
+
+def editor(django_user_model, client, *, can_publish):
+    user = django_user_model.objects.create_user("editor", password="pw", is_staff=True)
+    codenames = ["view_page", "change_page", "add_page", "delete_page"] + (["publish_page"] if can_publish else [])
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="publisher", codename__in=codenames))
+    client.force_login(user)
+    return client
+
+
+def page(slug, *, live=False, title=None):
+    p = Page(slug=slug, title=title or slug.title(), body="body")
+    p.publish() if live else p.save()
+    return p
+
+
+def test_changelist_shows_status_search_and_filters(admin_client):
+    page("alpha", live=True, title="Alpha page")
+    page("beta", title="Beta page")
+    response = admin_client.get(CHANGELIST)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Alpha page" in html and "Beta page" in html
+    assert "http://127.0.0.1:8000/site/alpha/" in html  # the live link for the live page only
+    assert "http://127.0.0.1:8000/site/beta/" not in html
+    searched = admin_client.get(CHANGELIST, {"q": "beta"}).content.decode()
+    assert "Beta page" in searched and "Alpha page" not in searched
+    filtered = admin_client.get(CHANGELIST, {"is_published__exact": "1"}).content.decode()
+    assert "Alpha page" in filtered and "Beta page" not in filtered
+
+
+def test_bulk_publish_and_unpublish(admin_client, sent):
+    a, b = page("alpha"), page("beta")
+    response = admin_client.post(
+        CHANGELIST, {"action": "publish_selected", "_selected_action": [a.pk, b.pk]}, follow=True
+    )
+    assert "2 pages published" in response.content.decode()
+    assert set(Page.objects.values_list("is_published", flat=True)) == {True}
+    assert sorted(s for _, s, _ in sent) == ["alpha", "beta"]
+    assert {signal for signal, _, _ in sent} == {signals.page_published}
+    sent.clear()
+    admin_client.post(CHANGELIST, {"action": "unpublish_selected", "_selected_action": [a.pk]})
+    assert sent == [(signals.page_unpublished, "alpha", "admin")]
+    response = admin_client.post(CHANGELIST, {"action": "unpublish_selected", "_selected_action": [a.pk]}, follow=True)
+    assert "Nothing to do" in response.content.decode()
+
+
+def test_publish_actions_need_the_permission(client, django_user_model):
+    c = editor(django_user_model, client, can_publish=False)
+    p = page("alpha")
+    html = c.get(CHANGELIST).content.decode()
+    assert "publish_selected" not in html
+    c.post(CHANGELIST, {"action": "publish_selected", "_selected_action": [p.pk]})
+    assert not Page.objects.get(pk=p.pk).is_published
+
+
+def test_editor_with_permission_can_publish(client, django_user_model):
+    c = editor(django_user_model, client, can_publish=True)
+    p = page("alpha")
+    assert "publish_selected" in c.get(CHANGELIST).content.decode()
+    c.post(CHANGELIST, {"action": "publish_selected", "_selected_action": [p.pk]})
+    assert Page.objects.get(pk=p.pk).is_published
+
+
+def form(slug="alpha", title="Alpha", body="text", **extra):
+    return {"title": title, "slug": slug, "body": body, **extra}
+
+
+def test_save_and_publish_button_adds_a_live_page(admin_client, sent):
+    html = admin_client.get(reverse("admin:publisher_page_add")).content.decode()
+    assert 'name="_saveandpublish"' in html
+    admin_client.post(reverse("admin:publisher_page_add"), form(_saveandpublish="1"))
+    assert Page.objects.get(slug="alpha").is_published
+    assert sent == [(signals.page_published, "alpha", "admin")]
+
+
+def test_save_and_publish_on_a_live_page_sends_one_change(admin_client, sent):
+    p = page("alpha", live=True)
+    sent.clear()
+    url = reverse("admin:publisher_page_change", args=[p.pk])
+    admin_client.post(url, form(title="New", _saveandpublish="1"))
+    assert sent == [(signals.page_changed, "alpha", "admin")]
+
+
+def test_plain_save_of_a_draft_does_not_publish(admin_client, sent):
+    admin_client.post(reverse("admin:publisher_page_add"), form(_save="1"))
+    assert not Page.objects.get(slug="alpha").is_published
+    assert sent == []
+
+
+def test_save_and_publish_needs_the_permission(client, django_user_model, sent):
+    c = editor(django_user_model, client, can_publish=False)
+    assert 'name="_saveandpublish"' not in c.get(reverse("admin:publisher_page_add")).content.decode()
+    response = c.post(reverse("admin:publisher_page_add"), form(_saveandpublish="1"))
+    assert response.status_code == 403
+    assert not Page.objects.filter(slug="alpha").exists()
+    assert sent == []
+
+
+def test_live_page_form_has_the_hint_and_the_site_link(admin_client):
+    live, draft = page("alpha", live=True), page("beta")
+    live_html = admin_client.get(reverse("admin:publisher_page_change", args=[live.pk])).content.decode()
+    assert 'id="live-hint"' in live_html and "Saving puts your changes on the site" in live_html
+    assert "http://127.0.0.1:8000/site/alpha/" in live_html
+    draft_html = admin_client.get(reverse("admin:publisher_page_change", args=[draft.pk])).content.decode()
+    assert 'id="live-hint"' not in draft_html and "/site/beta/" not in draft_html
+
+
+def test_saving_a_live_page_sends_page_changed_with_the_user(admin_client, sent):
+    p = page("alpha", live=True)
+    sent.clear()
+    admin_client.post(reverse("admin:publisher_page_change", args=[p.pk]), form(body="changed", _save="1"))
+    assert sent == [(signals.page_changed, "alpha", "admin")]
+
+
+def test_bad_slug_is_a_form_error(admin_client):
+    response = admin_client.post(reverse("admin:publisher_page_add"), form(slug="sitemap"))
+    assert response.status_code == 200 and "the site build writes" in response.content.decode()
+    assert not Page.objects.exists()
+
+
+def test_bulk_delete_of_live_pages_sends_page_deleted(admin_client, sent):
+    a, b = page("alpha", live=True), page("beta")
+    sent.clear()
+    admin_client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": [a.pk, b.pk], "post": "yes"})
+    assert not Page.objects.exists()
+    assert sent == [(signals.page_deleted, "alpha", "admin")]

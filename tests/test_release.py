@@ -1,0 +1,227 @@
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from publisher import render
+from publisher.conf import get_config
+from publisher.models import Page
+from publisher.progress import Progress
+from publisher.release import SiteRoot, build_release
+
+pytestmark = pytest.mark.django_db
+SITEMAP_NS = "{http://www.sitemaps.org/schemas/sitemap/0.9}"
+
+
+def publish(slug, title="Title", body="Body"):
+    page = Page(slug=slug, title=title, body=body)
+    page.publish()
+    return page
+
+
+def bulk_published(count, prefix="p"):
+    now = timezone.now()
+    Page.objects.bulk_create(
+        Page(slug=f"{prefix}{i:06d}", title=f"Page {i}", body="x", is_published=True, published_at=now)
+        for i in range(count)
+    )
+
+
+def build(build_id=1, attempt=1, progress=None):
+    return build_release(get_config(), build_id=build_id, attempt=attempt, progress=progress or Progress())
+
+
+def live(site_root):
+    return site_root / "current"
+
+
+def test_release_files_and_escaped_content(site_root):
+    publish("hello", title="Fish & <Chips>", body='<script>alert("x")</script>\n\nSecond paragraph')
+    publish("about", title="About")
+    Page.objects.create(slug="draft", title="Draft", body="not published")
+
+    outcome = build(build_id=7, attempt=2)
+
+    current = live(site_root)
+    assert current.is_symlink() and not os.path.isabs(os.readlink(current))
+    assert os.readlink(current) == f"releases/{outcome.name}"
+    assert outcome.name.endswith("-b7-a2") and outcome.pages == 2 and outcome.went_live
+    files = sorted(str(p.relative_to(current)) for p in current.rglob("*") if p.is_file())
+    assert files == [
+        "404.html",
+        "about/index.html",
+        "hello/index.html",
+        "index.html",
+        "release.json",
+        "robots.txt",
+        "sitemap.xml",
+        "static/site.css",
+    ]
+    html = (current / "hello" / "index.html").read_text()
+    assert "<h1>Fish &amp; &lt;Chips&gt;</h1>" in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html and "<script>" not in html
+    assert "<p>Second paragraph</p>" in html
+    assert 'href="../static/site.css"' in html
+    index = (current / "index.html").read_text()
+    assert 'href="hello/"' in index and 'href="about/"' in index and "Draft" not in index
+    assert "Fish &amp; &lt;Chips&gt;" in index
+    meta = json.loads((current / "release.json").read_text())
+    assert meta["build"] == 7 and meta["attempt"] == 2 and meta["pages"] == 2 and meta["time"]
+    urls = [el.text for el in ET.parse(current / "sitemap.xml").getroot().iter(f"{SITEMAP_NS}loc")]
+    assert urls == [
+        "http://127.0.0.1:8000/site/",
+        "http://127.0.0.1:8000/site/about/",
+        "http://127.0.0.1:8000/site/hello/",
+    ]
+    assert "Sitemap: http://127.0.0.1:8000/site/sitemap.xml" in (current / "robots.txt").read_text()
+
+
+def test_sitemap_uses_site_url(site_root, settings):
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_URL": "https://www.example.org/news"}
+    publish("hello")
+    build()
+    text = (live(site_root) / "sitemap.xml").read_text()
+    assert "<loc>https://www.example.org/news/hello/</loc>" in text
+
+
+def test_empty_site(site_root):
+    outcome = build()
+    assert outcome.pages == 0
+    assert "No pages are published yet" in (live(site_root) / "index.html").read_text()
+
+
+def test_index_paging(site_root):
+    bulk_published(250)
+    build()
+    current = live(site_root)
+    first = (current / "index.html").read_text()
+    assert first.count('<li><a href="') == 100
+    assert 'href="page/2/"' in first and 'rel="prev"' not in first
+    second = (current / "page" / "2" / "index.html").read_text()
+    assert second.count("<li>") == 100
+    assert 'href="../../p000100/"' in second and 'rel="prev" href="../../"' in second
+    assert 'href="../../page/3/"' in second
+    third = (current / "page" / "3" / "index.html").read_text()
+    assert third.count("<li>") == 50 and 'rel="next"' not in third
+    assert not (current / "page" / "4").exists()
+
+
+def test_exactly_one_full_index_page_has_no_next_link(site_root):
+    bulk_published(100)
+    build()
+    assert 'rel="next"' not in (live(site_root) / "index.html").read_text()
+    assert not (live(site_root) / "page").exists()
+
+
+def test_sitemap_index_above_the_limit(site_root, monkeypatch):
+    """The paging logic at a small limit; the real limit is exercised in the slow test below."""
+    monkeypatch.setattr(render, "SITEMAP_MAX_URLS", 10)
+    monkeypatch.setattr(render, "SITEMAP_RENDER_CHUNK", 3)
+    bulk_published(25)  # + the home page = 26 URLs = 3 files
+    build()
+    current = live(site_root)
+    root = ET.parse(current / "sitemap.xml").getroot()
+    assert root.tag == f"{SITEMAP_NS}sitemapindex"
+    locs = [el.text for el in root.iter(f"{SITEMAP_NS}loc")]
+    assert locs == [f"http://127.0.0.1:8000/site/sitemap-{n}.xml" for n in (1, 2, 3)]
+    counts = [len(list(ET.parse(current / f"sitemap-{n}.xml").getroot())) for n in (1, 2, 3)]
+    assert counts == [10, 10, 6]
+
+
+@pytest.mark.slow
+def test_index_and_sitemap_at_large_counts(site_root):
+    bulk_published(50_000)  # + the home page: 50,001 URLs, one more than a sitemap may hold
+    outcome = build()
+    assert outcome.pages == 50_000
+    current = live(site_root)
+    root = ET.parse(current / "sitemap.xml").getroot()
+    assert root.tag == f"{SITEMAP_NS}sitemapindex"
+    assert [len(list(ET.parse(current / f"sitemap-{n}.xml").getroot())) for n in (1, 2)] == [50_000, 1]
+    assert len(list((current / "page").iterdir())) == 499  # pages 2..500 of the index
+    last = (current / "page" / "500" / "index.html").read_text()
+    assert last.count("<li>") == 100 and "p049999" in last and 'rel="next"' not in last
+
+
+def test_releases_are_pruned_and_the_live_one_kept(site_root, settings):
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 2}
+    publish("hello")
+    names = [build(build_id=n).name for n in range(1, 5)]
+    assert SiteRoot(site_root).complete_releases() == names[-2:]
+    assert SiteRoot(site_root).live_name() == names[-1]
+
+
+def test_an_older_release_never_replaces_a_newer_live_one(site_root):
+    publish("hello")
+    newer = build(build_id=9)
+    older = build(build_id=8)
+    assert newer.went_live and not older.went_live
+    assert SiteRoot(site_root).live_name() == newer.name
+    retry = build(build_id=9, attempt=2)
+    assert retry.went_live and SiteRoot(site_root).live_name() == retry.name
+
+
+def test_a_failure_while_rendering_removes_the_partial_release(site_root):
+    publish("hello")
+    first = build(build_id=1)
+
+    class Boom(Progress):
+        def advance(self, done):
+            raise RuntimeError("render failed")
+
+    with pytest.raises(RuntimeError):
+        build(build_id=2, progress=Boom())
+    assert os.listdir(site_root / "releases") == [first.name]
+    assert SiteRoot(site_root).live_name() == first.name
+
+
+def test_stale_partial_releases_are_removed_by_the_next_build(site_root):
+    stale = site_root / "releases" / ".tmp-20200101T000000-b1-a1"
+    (stale / "hello").mkdir(parents=True)
+    publish("hello")
+    build(build_id=2)
+    assert not stale.exists()
+
+
+def test_progress_reports_done_and_total(site_root):
+    bulk_published(5)
+    seen = []
+
+    class Recorder(Progress):
+        def start(self, total):
+            seen.append(("start", total))
+
+        def advance(self, done):
+            seen.append(("advance", done))
+
+    build(progress=Recorder())
+    assert seen == [("start", 5)] + [("advance", n) for n in range(1, 6)]
+
+
+def test_manual_command_builds_and_reports(site_root, capsys):
+    publish("hello")
+    call_command("buildstaticsite")
+    assert (live(site_root) / "hello" / "index.html").exists()
+    assert "is live" in capsys.readouterr().out
+
+
+def test_dev_server_serves_the_live_site_only_with_debug(site_root, client, settings):
+    publish("hello", title="Hi there")
+    build()
+    settings.DEBUG = True
+    assert client.get("/site/").status_code == 200
+    response = client.get("/site/hello/")
+    assert response.status_code == 200 and b"Hi there" in b"".join(response.streaming_content)
+    assert client.get("/site/hello").status_code == 302
+    assert client.get("/site/static/site.css").status_code == 200
+    assert client.get("/site/../../etc/passwd").status_code == 404
+    assert client.get("/site/missing/").status_code == 404
+    settings.DEBUG = False
+    assert client.get("/site/").status_code == 404
+
+
+def test_site_root_path_resolution():
+    assert Path(get_config().SITE_ROOT).is_absolute()
