@@ -1,0 +1,357 @@
+"""Run each build in a detached one-off Heroku dyno (DESIGN §4).
+
+One launch is exactly one request, ``POST /apps/{app}/dynos``: no key verification, no app lookup. heroku3 is the
+client (session set-up, URLs, JSON, its errors); the request body is ours because its ``run_command_detached``
+cannot send ``type`` or ``time_to_live`` and sends ``size: null``, which the Platform API schema rejects.
+
+Relies on heroku3 internals, checked against heroku3==5.2.1 (pinned in requirements.txt): ``Heroku._heroku_url``,
+``Heroku._http_resource`` (calls ``session.request`` without a timeout, raises ``requests.HTTPError`` with the
+response for 4xx/5xx and ``RateLimitExceeded`` *without* it for 429), ``Heroku._resource_serialize`` and
+``_resource_deserialize``. Re-check them before upgrading heroku3.
+"""
+
+import logging
+import re
+import shlex
+from urllib.parse import quote, urlsplit
+
+import requests
+from django.core import checks
+from heroku3.api import Heroku, RateLimitExceeded, ResponseError
+
+from .base import GONE, RUNNING, STARTING, UNKNOWN, BaseLauncher, LaunchError
+
+logger = logging.getLogger(__name__)
+
+ACCEPT = "application/vnd.heroku+json; version=3"
+MAX_TIME_TO_LIVE = 86400  # Heroku's limit for a one-off dyno, in seconds
+TIME_TO_LIVE_MARGIN = 300  # the build stops itself at BUILD_TIMEOUT; the dyno goes a little later
+
+#: 422 error ids that mean "too many dynos right now": waiting helps, no operator needed.
+DYNO_LIMIT_ERROR_IDS = frozenset({"cannot_run_above_limit"})
+
+DYNO_STATES = {"starting": STARTING, "up": RUNNING, "crashed": GONE, "down": GONE}
+
+NEW_TOKEN_HINT = (
+    "Create a new token with `heroku authorizations:create` and set it as HEROKU_API_KEY "
+    "(on Heroku: `heroku config:set HEROKU_API_KEY=...`)."
+)
+
+E010 = "publisher.E010"  # no API key
+E011 = "publisher.E011"  # no app name
+E012 = "publisher.E012"  # BUILD_TIMEOUT outside 1..86400
+E013 = "publisher.E013"  # a timeout is not a positive number
+E014 = "publisher.E014"  # API URL is not an http(s) URL
+
+
+class Secret:
+    """A string that hides itself from ``str``, ``repr`` and formatting; ``reveal()`` is the only way in."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value.reveal() if isinstance(value, Secret) else str(value or "")
+
+    def reveal(self):
+        return self._value
+
+    def __bool__(self):
+        return bool(self._value)
+
+    def __repr__(self):
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+class BearerAuth(requests.auth.AuthBase):
+    """``Authorization: Bearer <key>``; set as ``session.auth`` so requests never falls back to ``~/.netrc``."""
+
+    def __init__(self, key):
+        self._key = key
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self._key.reveal()}"
+        return request
+
+    def __repr__(self):
+        return "<BearerAuth ********>"
+
+
+class TimeoutSession(requests.Session):
+    """A session that gives every request a timeout (heroku3 passes none)."""
+
+    def __init__(self, timeout):
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, url, **kwargs)
+
+
+class HerokuLauncher(BaseLauncher):
+    """Starts ``[COMMAND_PREFIX] python manage.py buildstaticsite --build ID --token T`` in a one-off dyno."""
+
+    name = "heroku"
+    option_defaults = {
+        "API_KEY": "",
+        "APP_NAME": "",
+        "API_URL": "https://api.heroku.com",
+        "DYNO_SIZE": "",
+        "COMMAND_PREFIX": "",
+        "CONNECT_TIMEOUT": 5,
+        "READ_TIMEOUT": 15,
+    }
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.options["API_KEY"] = Secret(self.options["API_KEY"])
+
+    def __repr__(self):
+        return f"<{type(self).__name__} app={self.app_name!r}>"
+
+    @property
+    def app_name(self):
+        return self.options["APP_NAME"] or ""
+
+    # --- the contract ---------------------------------------------------------------------------------------
+
+    def launch(self, *, build_id, token):
+        self._require_configuration()
+        body = self.dyno_request(build_id=build_id, token=token)
+        dyno = self._request("launch", "POST", ("apps", self.app_name, "dynos"), body=body)
+        if not isinstance(dyno, dict) or not dyno.get("id"):
+            raise LaunchError(
+                f"Heroku accepted the launch of build {build_id} but its answer names no dyno.",
+                retryable=True,
+            )
+        handle = {"app": self.app_name, "dyno_id": dyno["id"], "dyno_name": dyno.get("name") or ""}
+        logger.info("Launched build %s on Heroku app %s as dyno %s", build_id, self.app_name, self.describe(handle))
+        return handle
+
+    def status(self, handle):
+        self._require_configuration()
+        dyno = self._request("status", "GET", self._dyno_path(handle), dyno_may_be_gone=True)
+        if dyno is None:
+            return GONE  # Heroku removes a one-off dyno once it has exited
+        state = dyno.get("state") if isinstance(dyno, dict) else None
+        return DYNO_STATES.get(state, UNKNOWN)
+
+    def stop(self, handle):
+        self._require_configuration()
+        if self._request("stop", "POST", (*self._dyno_path(handle), "actions", "stop"), dyno_may_be_gone=True) is None:
+            logger.info("Dyno %s was already gone", self.describe(handle))
+        else:
+            logger.info("Asked Heroku to stop dyno %s", self.describe(handle))
+
+    def check(self):
+        errors = []
+        if not self.options["API_KEY"]:
+            errors.append(
+                checks.Error(
+                    "The Heroku launcher has no API key.",
+                    hint=f"Set HEROKU_API_KEY. {NEW_TOKEN_HINT}",
+                    id=E010,
+                )
+            )
+        if not self.app_name:
+            errors.append(
+                checks.Error(
+                    "The Heroku launcher has no app name.",
+                    hint="Set HEROKU_APP_NAME to the app whose dynos run builds.",
+                    id=E011,
+                )
+            )
+        timeout = self.config.BUILD_TIMEOUT
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= MAX_TIME_TO_LIVE:
+            errors.append(
+                checks.Error(
+                    f"BUILD_TIMEOUT is {timeout!r}; the Heroku launcher needs 1..{MAX_TIME_TO_LIVE} seconds.",
+                    hint="A one-off dyno lives at most 24 hours.",
+                    id=E012,
+                )
+            )
+        for name in ("CONNECT_TIMEOUT", "READ_TIMEOUT"):
+            value = self.options[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                errors.append(
+                    checks.Error(
+                        f"HEROKU_{name} is {value!r}; it must be a positive number of seconds.",
+                        id=E013,
+                    )
+                )
+        url = urlsplit(str(self.options["API_URL"] or ""))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            errors.append(
+                checks.Error(
+                    "HEROKU_API_URL is not an http(s) URL.",
+                    hint="Leave it unset for https://api.heroku.com.",
+                    id=E014,
+                )
+            )
+        return errors
+
+    def describe(self, handle):
+        return handle.get("dyno_name") or handle.get("dyno_id") or "?"
+
+    # --- the request ----------------------------------------------------------------------------------------
+
+    def command(self, *, build_id, token):
+        """The dyno's command line: the optional prefix, then the build command quoted for the dyno's shell."""
+        command = shlex.join(["python", *self.build_arguments(build_id=build_id, token=token)])
+        prefix = (self.options["COMMAND_PREFIX"] or "").strip()
+        return f"{prefix} {command}" if prefix else command
+
+    def dyno_request(self, *, build_id, token):
+        """The body of ``POST /apps/{app}/dynos``; ``size`` only when configured, never ``null``."""
+        body = {
+            "command": self.command(build_id=build_id, token=token),
+            "attach": False,
+            "type": "run",
+            "time_to_live": min(int(self.config.BUILD_TIMEOUT) + TIME_TO_LIVE_MARGIN, MAX_TIME_TO_LIVE),
+            "env": {"PUBLISHER_BUILD_ID": str(int(build_id))},
+        }
+        if self.options["DYNO_SIZE"]:
+            body["size"] = str(self.options["DYNO_SIZE"])
+        return body
+
+    def _require_configuration(self):
+        missing = [name for name in ("API_KEY", "APP_NAME") if not self.options[name]]
+        if missing:
+            raise LaunchError(
+                f"The Heroku launcher is not configured: set {' and '.join(f'HEROKU_{n}' for n in missing)}.",
+                retryable=False,
+                needs_operator=True,
+            )
+
+    def _dyno_path(self, handle):
+        return ("apps", handle.get("app") or self.app_name, "dynos", handle.get("dyno_id") or handle["dyno_name"])
+
+    def _client(self):
+        """A heroku3 client on a fresh session; also returns the list of responses it receives."""
+        session = TimeoutSession((self.options["CONNECT_TIMEOUT"], self.options["READ_TIMEOUT"]))
+        client = Heroku(session=session)  # not heroku3.from_key(): that sends a key-verification request
+        client._heroku_url = str(self.options["API_URL"]).rstrip("/")
+        session.headers["Accept"] = ACCEPT  # heroku3 asks for "version=3.cedar-acm"
+        session.auth = BearerAuth(self.options["API_KEY"])
+        received = []
+        session.hooks["response"].append(lambda response, *args, **kwargs: received.append(response))
+        return client, received
+
+    def _request(self, action, method, path, *, body=None, dyno_may_be_gone=False):
+        """One API call; its decoded JSON answer, or ``LaunchError``.
+
+        With ``dyno_may_be_gone``, a 404 about the dyno (not the app) returns ``None``.
+        """
+        client, received = self._client()
+        resource = [quote(str(part), safe="") for part in path]
+        data = client._resource_serialize(body) if body is not None else None
+        try:
+            response = client._http_resource(method=method, resource=resource, data=data)
+        except requests.HTTPError as exc:
+            response = exc.response if exc.response is not None else (received[-1] if received else None)
+            failure = self._failure(action, response)
+            if dyno_may_be_gone and failure.status == 404 and not self._names_app(failure.platform_message):
+                return None
+            self._log(action, failure)
+            raise failure from None
+        except RateLimitExceeded:
+            failure = self._failure(action, received[-1] if received else None, status=429)
+            self._log(action, failure)
+            raise failure from None
+        except requests.Timeout as exc:
+            raise self._unreachable(action, exc, "did not answer in time") from exc
+        except requests.ConnectionError as exc:
+            raise self._unreachable(action, exc, "could not be reached") from exc
+        except requests.RequestException as exc:
+            raise self._unreachable(action, exc, "could not be called") from exc
+        if not response.content:
+            return {}
+        try:
+            return client._resource_deserialize(response.content.decode("utf-8", "replace"))
+        except ResponseError:
+            raise LaunchError(
+                f"Heroku {action} returned HTTP {response.status_code} with a body that is not JSON.",
+                status=response.status_code,
+                request_id=response.headers.get("Request-Id"),
+                retryable=True,
+            ) from None
+
+    def _unreachable(self, action, exc, what):
+        host = urlsplit(str(self.options["API_URL"])).hostname or "?"
+        logger.warning("Heroku %s: the API at %s %s (%s)", action, host, what, type(exc).__name__)
+        return LaunchError(f"Heroku {action} failed: the API at {host} {what} ({type(exc).__name__}).")
+
+    def _failure(self, action, response, *, status=None):
+        """A ``LaunchError`` from an error response: status, Heroku's ``id`` and ``message``, the request id."""
+        status = response.status_code if response is not None else status
+        error_id = platform_message = request_id = None
+        if response is not None:
+            request_id = response.headers.get("Request-Id")
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            if isinstance(payload, dict):
+                error_id = payload.get("id") if isinstance(payload.get("id"), str) else None
+                platform_message = payload.get("message") if isinstance(payload.get("message"), str) else None
+        retryable, needs_operator, advice = self._classify(status, error_id)
+        said = f"{error_id}: {platform_message}" if error_id or platform_message else "no error details"
+        message = f"Heroku {action} failed with HTTP {status} ({said}). {advice}"
+        if request_id:
+            message += f" Heroku request id: {request_id}."
+        return LaunchError(
+            message,
+            status=status,
+            error_id=error_id,
+            platform_message=platform_message,
+            request_id=request_id,
+            retryable=retryable,
+            needs_operator=needs_operator,
+        )
+
+    @staticmethod
+    def _log(action, failure):
+        logger.warning(
+            "Heroku %s failed: HTTP %s %s (request %s)",
+            action,
+            failure.status,
+            failure.error_id or "-",
+            failure.request_id or "-",
+        )
+
+    def _classify(self, status, error_id):
+        """``(retryable, needs_operator, advice)`` for an error status and Heroku error id."""
+        app = self.app_name
+        if status in (401, 403):
+            return (
+                False,
+                True,
+                f"The API key has expired, been revoked or lacks access to app {app!r}. {NEW_TOKEN_HINT}",
+            )
+        if status == 404:
+            return False, True, f"Heroku has no app {app!r} that this key can see; check HEROKU_APP_NAME."
+        if status == 409:
+            return True, False, "Heroku reported a conflict; trying again later should help."
+        if status == 422:
+            if error_id in DYNO_LIMIT_ERROR_IDS:
+                return True, False, "The account's dyno limit is reached; the build will be retried."
+            return False, True, "Heroku refused the request; an operator must look at the message."
+        if status == 429:
+            return True, False, "The account's API rate limit is reached; the build will be retried."
+        if status is not None and status >= 500:
+            return True, False, "Heroku had a server error; the build will be retried."
+        return False, True, "Heroku refused the request; an operator must look at the message."
+
+    def _names_app(self, platform_message):
+        """Whether a 404 is about the app (a configuration error) rather than the dyno (it has exited).
+
+        Heroku answers ``{"id": "not_found", "message": "Couldn't find that app."}`` for a missing app.
+        """
+        text = platform_message or ""
+        if re.search(r"\bapps?\b", text, re.IGNORECASE):
+            return True
+        if re.search(r"\b(dyno|process)\b", text, re.IGNORECASE):
+            return False
+        return bool(self.app_name) and re.search(rf"(?<![\w-]){re.escape(self.app_name)}(?![\w-])", text) is not None
