@@ -260,12 +260,13 @@ class HerokuLauncher(BaseLauncher):
             failure = self._failure(action, received[-1] if received else None, status=429)
             self._log(action, failure)
             raise failure from None
+        # ``from None``: a requests exception holds the prepared request, Authorization header included.
         except requests.Timeout as exc:
-            raise self._unreachable(action, exc, "did not answer in time") from exc
+            raise self._unreachable(action, exc, "did not answer in time") from None
         except requests.ConnectionError as exc:
-            raise self._unreachable(action, exc, "could not be reached") from exc
+            raise self._unreachable(action, exc, "could not be reached") from None
         except requests.RequestException as exc:
-            raise self._unreachable(action, exc, "could not be called") from exc
+            raise self._unreachable(action, exc, "could not be called") from None
         if not response.content:
             return {}
         try:
@@ -280,8 +281,10 @@ class HerokuLauncher(BaseLauncher):
 
     def _unreachable(self, action, exc, what):
         host = urlsplit(str(self.options["API_URL"])).hostname or "?"
-        logger.warning("Heroku %s: the API at %s %s (%s)", action, host, what, type(exc).__name__)
-        return LaunchError(f"Heroku {action} failed: the API at {host} {what} ({type(exc).__name__}).")
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        detail = detail if len(detail) <= 300 else f"{detail[:297]}..."
+        logger.warning("Heroku %s: the API at %s %s (%s)", action, host, what, detail)
+        return LaunchError(f"Heroku {action} failed: the API at {host} {what} ({detail}).")
 
     def _failure(self, action, response, *, status=None):
         """A ``LaunchError`` from an error response: status, Heroku's ``id`` and ``message``, the request id."""
