@@ -28,3 +28,48 @@ def check_launcher(app_configs=None, **kwargs):
             )
         ]
     return list(launcher.check())
+
+
+E003 = "publisher.E003"  # the database cannot hold the coalescing constraints
+E004 = "publisher.E004"  # a build setting is out of range
+
+
+@checks.register(checks.Tags.database)
+def check_partial_indexes(app_configs=None, databases=None, **kwargs):
+    """At most one active and one queued build are held by partial unique indexes: refuse a database without them."""
+    from django.db import connections
+
+    errors = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if not connection.features.supports_partial_indexes:
+            errors.append(
+                checks.Error(
+                    f"The database {alias!r} ({connection.vendor}) does not support partial unique indexes, which "
+                    "publisher needs to guarantee at most one running and one queued build.",
+                    hint="Use PostgreSQL or SQLite.",
+                    id=E003,
+                )
+            )
+    return errors
+
+
+@checks.register()
+def check_build_settings(app_configs=None, **kwargs):
+    from .conf import get_config
+
+    try:
+        config = get_config()
+    except ImproperlyConfigured:
+        return []  # reported by check_launcher
+    errors = []
+    positive = [
+        name for name in config.__dataclass_fields__ if name.startswith("BUILD_") or name == "SITE_RELEASES_KEPT"
+    ]
+    for name in positive:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            errors.append(checks.Error(f"{name} must be a whole number of at least 1; got {value!r}.", id=E004))
+    if not errors and config.BUILD_RETRY_MAX < config.BUILD_RETRY_BASE:
+        errors.append(checks.Error("BUILD_RETRY_MAX must not be less than BUILD_RETRY_BASE.", id=E004))
+    return errors

@@ -1,5 +1,6 @@
 import re
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models, transaction
@@ -137,3 +138,92 @@ class Page(models.Model):
     def site_url(self, base_url):
         """The page's address on the built site under ``base_url`` (``SITE_URL``)."""
         return f"{base_url.rstrip('/')}/{self.slug}/"
+
+
+class BuildState(models.TextChoices):
+    QUEUED = "queued"
+    LAUNCHING = "launching"
+    LAUNCHED = "launched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+#: Builds that hold the one active slot: launched or being launched, or running.
+ACTIVE_STATES = (BuildState.LAUNCHING, BuildState.LAUNCHED, BuildState.RUNNING)
+#: Builds that have not read content yet: a request attached to one of these is covered by it.
+NOT_STARTED_STATES = (BuildState.QUEUED, BuildState.LAUNCHING, BuildState.LAUNCHED)
+FINISHED_STATES = (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED, BuildState.LOST)
+
+
+class Build(models.Model):
+    """One build of the whole site. Its ``state`` is written only by ``publisher.builds``."""
+
+    state = models.CharField(max_length=16, choices=BuildState.choices, default=BuildState.QUEUED, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    launched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    finished_at = models.DateTimeField(null=True, blank=True, editable=False)
+    launcher = models.CharField(max_length=100, blank=True, editable=False)
+    handle = models.JSONField(null=True, blank=True, editable=False)
+    launch_token = models.CharField(max_length=64, blank=True, editable=False)
+    attempt = models.PositiveIntegerField(default=1, editable=False)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
+    error = models.TextField(blank=True, editable=False)
+    pages_done = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    pages_total = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
+    progress_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="when pages_done last moved")
+    manual = models.BooleanField(default=False, editable=False, help_text="started by a person at a shell")
+    release = models.CharField(max_length=100, blank=True, editable=False)
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries", editable=False
+    )
+    # Reports: each is sent by whoever sets its time with a conditional update.
+    alerted_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="operator alert sent")
+    failure_reported_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stall_reported_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="publisher_build_state_next"),
+            models.Index(fields=["created_at"], name="publisher_build_created"),
+        ]
+        constraints = [
+            # At most one active build. The active states differ, so a unique index on `state` cannot hold this:
+            # a partial unique index on a constant does (SQLite and PostgreSQL).
+            models.UniqueConstraint(
+                models.Value(1), condition=models.Q(state__in=ACTIVE_STATES), name="publisher_one_active_build"
+            ),
+            models.UniqueConstraint(
+                fields=["state"], condition=models.Q(state=BuildState.QUEUED), name="publisher_one_queued_build"
+            ),
+        ]
+
+    def __str__(self):
+        return f"Build #{self.pk} ({self.state})"
+
+
+class BuildRequest(models.Model):
+    """One user action or command that asked for the site to be rebuilt; committed with the content change."""
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    reason = models.CharField(max_length=500)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests")
+    retry_of = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["created_at"], name="publisher_request_unattached", condition=models.Q(build=None)),
+            models.Index(fields=["created_at"], name="publisher_request_created"),
+        ]
+
+    def __str__(self):
+        return f"Request #{self.pk}: {self.reason}"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+pytest_plugins = ["tests.launcher_fixtures"]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,37 +1,73 @@
 import logging
+import time
 
 from django.core.management.base import BaseCommand, CommandError, SystemCheckError
 
-from ... import interrupts
-from ...conf import get_config
-from ...progress import LogProgress
-from ...release import ReleaseError, build_release
+from ... import builds, interrupts, runner
+from ...models import ACTIVE_STATES, Build
 
 logger = logging.getLogger("publisher.build")
 
 
 class Command(BaseCommand):
-    help = "Render the whole static site into a new release and switch the live site to it atomically."
+    help = (
+        "Render the whole static site into a new release and switch the live site to it atomically. "
+        "With --build/--token (as a launcher starts it): claim that build first. Without: a person at a shell "
+        "takes the active slot (exit 3 if a build is active, or wait for it with --wait)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--build", type=int, help="the build to claim (started by a launcher)")
+        parser.add_argument("--token", help="the launch token of that build")
+        parser.add_argument("--wait", action="store_true", help="wait for an active build to end, then build")
+        parser.add_argument("--poll", type=float, default=2.0, help="seconds between --wait checks")
 
     def check(self, *args, **kwargs):
         try:
             super().check(*args, **kwargs)
         except SystemCheckError as exc:
-            # A configuration problem: exit 2 (DESIGN §6), not the generic 1 of a failed build.
+            # A configuration problem: exit 2 (DESIGN §6), not the 1 of a failed build.
             raise CommandError(str(exc), returncode=2) from None
 
-    def handle(self, *args, **options):
-        config = get_config()
+    def handle(self, *args, build, token, wait, poll, **options):
+        if (build is None) != (token is None):
+            raise CommandError("--build and --token go together.", returncode=runner.EXIT_USAGE)
+        if build is not None and wait:
+            raise CommandError("--wait is for a build started by hand, not with --build.", returncode=2)
         restore = interrupts.install()
         try:
-            outcome = build_release(config, build_id=0, attempt=1, progress=LogProgress())
-        except interrupts.BuildInterrupted as exc:
-            raise CommandError(f"Build {exc}; the partial release was removed.", returncode=exc.exit_code) from None
-        except ReleaseError as exc:
-            raise CommandError(f"Build failed: {exc}", returncode=1) from None
-        except Exception as exc:  # the build's boundary: anything else is a failed build, logged with its traceback
-            logger.exception("Build failed")
-            raise CommandError(f"Build failed: {type(exc).__name__}: {exc}", returncode=1) from None
+            claim = self._claim(build, token) if build is not None else self._take_slot(wait, poll)
+            if claim is None:
+                return
+            result = runner.run(claim)
+        except interrupts.BuildInterrupted as exc:  # before the claim: nothing was written, nothing to remove
+            raise CommandError(f"Build {exc} before it started.", returncode=exc.exit_code) from None
         finally:
             restore()
-        self.stdout.write(f"Release {outcome.name} with {outcome.pages} pages is live at {config.SITE_ROOT}/current")
+        if result.exit_code:
+            raise CommandError(result.message, returncode=result.exit_code)
+        self.stdout.write(result.message)
+
+    def _claim(self, build_id, token):
+        claim = builds.claim(build_id, token)
+        if isinstance(claim, builds.Outcome):
+            # Heroku can run a one-off dyno twice, and an orphan of an earlier attempt must not build: exit 0.
+            self.stdout.write(f"Not building: {claim}.")
+            return None
+        return claim
+
+    def _take_slot(self, wait, poll):
+        announced = False
+        while True:
+            claim = builds.start_manual(process=builds.this_process())
+            if claim is not None:
+                self.stdout.write(f"Build #{claim.build_id} started by hand.")
+                return claim
+            active = Build.objects.filter(state__in=ACTIVE_STATES).values("pk", "state").first()
+            busy = f"build #{active['pk']} is {active['state']}" if active else "another build took the slot"
+            if not wait:
+                raise CommandError(f"Not building: {busy}. Use --wait to build after it.", returncode=runner.EXIT_BUSY)
+            if not announced:
+                self.stdout.write(f"Waiting: {busy}.")
+                announced = True
+            time.sleep(poll)

@@ -1,0 +1,464 @@
+"""The build state machine (DESIGN §3): the one module that writes ``Build.state``.
+
+Every transition is a conditional ``UPDATE`` on the build's id, its expected state and, where it matters, its launch
+token; the row count says who won. The partial unique constraints on ``Build`` make two active or two queued builds
+impossible to store, so a lost race surfaces as zero rows or an ``IntegrityError``, never as a second build.
+
+Functions here return an ``Outcome`` that the admin, the commands and the logs all describe in words.
+"""
+
+import logging
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.mail import mail_admins
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat, Substr
+from django.utils import timezone
+
+from .conf import get_config
+from .launchers import LaunchError, get_launcher
+from .models import ACTIVE_STATES, Build, BuildRequest, BuildState
+
+logger = logging.getLogger(__name__)
+
+S = BuildState
+
+
+def now():
+    """The clock of the state machine (tests replace it)."""
+    return timezone.now()
+
+
+def new_token():
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call did, for people: ``kind`` is a stable word, ``message`` a sentence."""
+
+    kind: str
+    message: str
+    build_id: int | None = None
+    ok: bool = True
+
+    def __str__(self):
+        return self.message
+
+
+# --- Requests ----------------------------------------------------------------------------------------------------
+
+
+class _Dispatch:
+    """The on-commit callback of one request; also marks "this transaction already made a request"."""
+
+    def __init__(self, request_id):
+        self.request_id = request_id
+        self.__qualname__ = f"dispatch of build request #{request_id}"  # Django logs robust failures by this name
+
+    def __call__(self):
+        outcome = dispatch()
+        log = logger.info if outcome.ok else logger.warning
+        log("Request #%s: %s", self.request_id, outcome)
+
+
+def _pending_request_id():
+    """The request already recorded in the current transaction, if any (one user action, one request)."""
+    for _sids, func, _robust in reversed(connection.run_on_commit):
+        if isinstance(func, _Dispatch):
+            return func.request_id
+    return None
+
+
+def record_request(reason, *, by=None, retry_of_id=None, dispatch_after_commit=True):
+    """Insert a build request inside the current transaction; dispatch it once the transaction commits.
+
+    Several calls in one transaction (a bulk action, a save that also publishes) make one request whose reason
+    lists them all. Returns the request's id.
+    """
+    user = by if getattr(by, "is_authenticated", False) else None
+    reason = str(reason)[:500]
+    if connection.in_atomic_block:
+        pending = _pending_request_id()
+        joined = Substr(Concat(F("reason"), Value("; " + reason)), 1, 500)
+        if pending is not None and BuildRequest.objects.filter(pk=pending, build__isnull=True).update(reason=joined):
+            return pending
+    request = BuildRequest.objects.create(reason=reason, requested_by=user, retry_of_id=retry_of_id, created_at=now())
+    if dispatch_after_commit:
+        transaction.on_commit(_Dispatch(request.pk), robust=True)
+    return request.pk
+
+
+def request_build(reason, *, by=None):
+    """Record a request in its own transaction and dispatch it now (``requestbuild``, tests). Returns an Outcome."""
+    with transaction.atomic():
+        request_id = record_request(reason, by=by, dispatch_after_commit=False)
+    outcome = dispatch()
+    logger.info("Request #%s: %s", request_id, outcome)
+    return outcome
+
+
+def dispatch():
+    """Attach every unattached request to a build, then launch the next build if it is due."""
+    attached = attach_requests()
+    launched = launch_next()
+    if launched is not None and launched.kind in ("launched", "launch_failed", "waiting"):
+        return launched
+    return attached or launched or Outcome("idle", "Nothing to do: no request is waiting for a build.")
+
+
+def attach_requests(request_ids=None):
+    """Attach unattached requests (all, or those given) to the build that will cover them.
+
+    The target is the active build while it is ``launching``/``launched`` (it has not read content yet), else the
+    ``queued`` build, else a new ``queued`` build. Attaching is a conditional update of the request rows. Returns an
+    Outcome, or ``None`` when nothing was waiting.
+    """
+    waiting = BuildRequest.objects.filter(build__isnull=True)
+    if request_ids is not None:
+        waiting = waiting.filter(pk__in=request_ids)
+    if not waiting.exists():
+        return None
+    for _ in range(5):
+        target, outcome = _attach_target()
+        if target is None:
+            continue  # lost a race creating the queued build: look again
+        has_new_work = waiting.filter(retry_of__isnull=True).exists()
+        waiting.update(build_id=target)
+        if has_new_work:
+            # A publish does not wait out the backoff of an automatic retry (launch failures keep theirs).
+            Build.objects.filter(pk=target, state=S.QUEUED, attempt=1, next_attempt_at__gt=now()).update(
+                next_attempt_at=now()
+            )
+        return outcome
+    raise RuntimeError("Could not find or create a build to attach requests to after 5 attempts")
+
+
+def _attach_target():
+    """(build id, Outcome) for new requests, creating the queued build when needed; (None, None) on a lost race."""
+    active = Build.objects.filter(state__in=ACTIVE_STATES).values("pk", "state").first()
+    if active and active["state"] in (S.LAUNCHING, S.LAUNCHED):
+        return active["pk"], Outcome(
+            "attached", f"Attached to build #{active['pk']}, which has not started reading content", active["pk"]
+        )
+    queued = Build.objects.filter(state=S.QUEUED).values_list("pk", flat=True).first()
+    if queued is None:
+        try:
+            with transaction.atomic():
+                queued = Build.objects.create(state=S.QUEUED, created_at=now(), next_attempt_at=now()).pk
+        except IntegrityError:
+            return None, None
+        logger.info("Build #%s queued", queued)
+    if active:
+        return queued, Outcome("queued", f"Queued as build #{queued} behind build #{active['pk']}", queued)
+    return queued, Outcome("queued", f"Queued as build #{queued}", queued)
+
+
+# --- Launch --------------------------------------------------------------------------------------------------------
+
+
+def backoff(attempt, config=None):
+    """Seconds before automatic attempt ``attempt + 1``: doubling from BUILD_RETRY_BASE up to BUILD_RETRY_MAX."""
+    config = config or get_config()
+    return min(config.BUILD_RETRY_BASE * 2 ** max(0, attempt - 1), config.BUILD_RETRY_MAX)
+
+
+def launch_next():
+    """Promote the queued build and launch it, if no build is active and it is due."""
+    active = Build.objects.filter(state__in=ACTIVE_STATES).values_list("pk", flat=True).first()
+    queued = Build.objects.filter(state=S.QUEUED).values("pk", "next_attempt_at").first()
+    if queued is None:
+        return None
+    if active is not None:
+        return Outcome("queued", f"Build #{queued['pk']} is queued behind build #{active}", queued["pk"])
+    if queued["next_attempt_at"] and queued["next_attempt_at"] > now():
+        return Outcome(
+            "waiting",
+            f"Build #{queued['pk']} is queued; its next attempt is at {queued['next_attempt_at']:%H:%M:%S} UTC",
+            queued["pk"],
+        )
+    return launch(queued["pk"])
+
+
+def launch(build_id):
+    """``queued`` → ``launching`` → launcher call → ``launched``; on failure back to ``queued`` with backoff."""
+    token = new_token()
+    launcher = get_launcher()
+    try:
+        with transaction.atomic():
+            won = Build.objects.filter(pk=build_id, state=S.QUEUED).update(
+                state=S.LAUNCHING, launch_token=token, launched_at=now(), launcher=launcher.name, handle=None
+            )
+    except IntegrityError:  # another build became active first
+        active = Build.objects.filter(state__in=ACTIVE_STATES).values_list("pk", flat=True).first()
+        return Outcome("queued", f"Build #{build_id} is queued behind build #{active}", build_id)
+    if not won:
+        return Outcome("raced", f"Build #{build_id} was launched or changed by another process", build_id)
+    logger.info("Build #%s launching with the %s launcher", build_id, launcher.name)
+    try:
+        handle = launcher.launch(build_id=build_id, token=token)
+    except LaunchError as exc:
+        return _launch_failed(build_id, token, exc)
+    where = launcher.describe(handle)
+    recorded = Build.objects.filter(pk=build_id, state=S.LAUNCHING, launch_token=token).update(
+        state=S.LAUNCHED, handle=handle
+    )
+    if not recorded:
+        # A fast child may already have claimed it: keep the handle for the sweep, conditional on the token.
+        Build.objects.filter(pk=build_id, launch_token=token, handle__isnull=True).update(handle=handle)
+    logger.info("Build #%s launched on %s", build_id, where)
+    return Outcome("launched", f"Build #{build_id} launched on {where}", build_id)
+
+
+def _launch_failed(build_id, token, exc):
+    build = Build.objects.filter(pk=build_id).values("attempt").first() or {"attempt": 1}
+    delay = backoff(build["attempt"])
+    requeued = requeue(build_id, token=token, error=f"Launch failed: {exc}", expected=(S.LAUNCHING,), delay=delay)
+    if exc.needs_operator:
+        alert_operator(build_id, f"Launch failed: {exc}")
+    logger.warning("Build #%s: launch failed: %s. Retrying in %ss.", build_id, exc, delay)
+    state = "The build is queued and will be retried." if requeued else "The build was changed by another process."
+    return Outcome("launch_failed", f"Launch failed: {exc}. {state}", build_id, ok=False)
+
+
+def requeue(build_id, *, token, error, expected, delay=None):
+    """A failure before the claim: the same row goes back to ``queued`` with ``attempt + 1`` and a backoff.
+
+    Its requests stay attached. If another build got queued meanwhile, this one is ended and its requests move.
+    """
+    build = Build.objects.filter(pk=build_id).values("attempt").first()
+    if build is None:
+        return False
+    delay = backoff(build["attempt"]) if delay is None else delay
+    fields = {
+        "state": S.QUEUED,
+        "attempt": F("attempt") + 1,
+        "error": error[:2000],
+        "next_attempt_at": now() + timedelta(seconds=delay),
+        "launch_token": "",
+    }
+    try:
+        with transaction.atomic():
+            return bool(Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(**fields))
+    except IntegrityError:
+        pass
+    # A queued build already exists (it can only appear through an operator's action): hand the requests over.
+    with transaction.atomic():
+        ended = Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(
+            state=S.FAILED, finished_at=now(), error=f"{error} (its requests moved to the queued build)"[:2000]
+        )
+        if ended:
+            queued = Build.objects.filter(state=S.QUEUED).values_list("pk", flat=True).first()
+            BuildRequest.objects.filter(build_id=build_id).update(build_id=queued)
+    return bool(ended)
+
+
+# --- The build process ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    build_id: int
+    token: str
+    attempt: int
+    launched_at: object
+    manual: bool = False
+
+
+def claim(build_id, token):
+    """``launching|launched`` → ``running`` on id and token, committed before any content is read.
+
+    Returns a ``Claim``, or an Outcome saying why not (already claimed, cancelled, re-launched, unknown id).
+    """
+    at = now()
+    won = Build.objects.filter(pk=build_id, launch_token=token, state__in=(S.LAUNCHING, S.LAUNCHED)).update(
+        state=S.RUNNING, started_at=at, heartbeat_at=at, progress_at=at, pages_done=0
+    )
+    build = Build.objects.filter(pk=build_id).values("state", "launch_token", "attempt", "launched_at").first()
+    if won:
+        logger.info("Build #%s claimed (attempt %s)", build_id, build["attempt"])
+        return Claim(build_id, token, build["attempt"], build["launched_at"])
+    if build is None:
+        why = f"Build #{build_id} does not exist"
+    elif build["launch_token"] != token:
+        why = f"Build #{build_id} was re-launched with another token; this process is an orphan of an earlier attempt"
+    elif build["state"] == S.RUNNING:
+        why = f"Build #{build_id} is already running (a duplicate start of the same dyno)"
+    else:
+        why = f"Build #{build_id} is {build['state']}"
+    logger.warning("Claim refused: %s. Not building.", why)
+    return Outcome("claim_refused", why, build_id, ok=False)
+
+
+def start_manual(*, process, reason="manual build"):
+    """A person at a shell takes the active slot directly (``running``). Returns a Claim, or None if one is active."""
+    token = new_token()
+    at = now()
+    try:
+        with transaction.atomic():
+            build = Build.objects.create(
+                state=S.RUNNING,
+                manual=True,
+                launcher="manual",
+                handle=process,
+                launch_token=token,
+                created_at=at,
+                launched_at=at,
+                started_at=at,
+                heartbeat_at=at,
+                progress_at=at,
+                pages_done=0,
+            )
+            BuildRequest.objects.create(reason=reason, build=build, created_at=at)
+    except IntegrityError:
+        return None
+    logger.info("Build #%s started by hand on %s", build.pk, describe_process(process))
+    return Claim(build.pk, token, build.attempt, at, manual=True)
+
+
+def describe_process(process):
+    process = process or {}
+    return process.get("dyno") or f"{process.get('host', '?')} pid {process.get('pid', '?')}"
+
+
+def this_process():
+    """The handle a build process records about itself: host, pid and, on Heroku, the dyno name."""
+    import os
+
+    handle = {"host": socket.gethostname(), "pid": os.getpid()}
+    if os.environ.get("DYNO"):
+        handle["dyno"] = os.environ["DYNO"]
+    return handle
+
+
+def heartbeat(claim, *, done=None, total=None, moved=False):
+    """Fenced write of heartbeat and progress. False means the build lost its claim and must stop at once."""
+    fields = {"heartbeat_at": now()}
+    if done is not None:
+        fields["pages_done"] = done
+    if total is not None:
+        fields["pages_total"] = total
+    if moved:
+        fields["progress_at"] = fields["heartbeat_at"]
+    return bool(_fenced(claim).update(**fields))
+
+
+def _fenced(claim):
+    return Build.objects.filter(pk=claim.build_id, launch_token=claim.token, state=S.RUNNING)
+
+
+def finish(claim, *, state, error="", release="", pages=None):
+    """End a claimed build (``succeeded``, ``failed``, ``cancelled``), fenced on token and ``running``."""
+    fields = {"state": state, "finished_at": now(), "error": error[:2000]}
+    if release:
+        fields["release"] = release
+    if pages is not None:
+        fields["pages_done"] = pages
+    ended = bool(_fenced(claim).update(**fields))
+    if ended:
+        logger.info("Build #%s %s%s", claim.build_id, state, f": {error}" if error else "")
+    return ended
+
+
+def interrupted(claim, *, timeout_seconds):
+    """The platform stopped a running build (SIGTERM that is neither a cancel nor a timeout already recorded).
+
+    Past ``BUILD_TIMEOUT`` from launch it ends ``failed`` as a timeout (no retry); otherwise ``failed``
+    ("interrupted") with a retry request, leaving the launch to the sweep or the next request.
+    """
+    if claim.manual:
+        finish(claim, state=S.CANCELLED, error="Stopped at the shell")
+        return Outcome("cancelled", f"Build #{claim.build_id} was stopped at the shell", claim.build_id, ok=False)
+    launched = claim.launched_at
+    if launched and (now() - launched).total_seconds() >= timeout_seconds:
+        finish(claim, state=S.FAILED, error=f"Timed out: running longer than BUILD_TIMEOUT ({timeout_seconds}s)")
+        return Outcome("timeout", f"Build #{claim.build_id} timed out", claim.build_id, ok=False)
+    if not finish(claim, state=S.FAILED, error="Interrupted by the platform (SIGTERM)"):
+        state = Build.objects.filter(pk=claim.build_id).values_list("state", flat=True).first()
+        return Outcome("ended_elsewhere", f"Build #{claim.build_id} was already {state}", claim.build_id, ok=False)
+    retry_after_failure(claim.build_id)
+    return Outcome("interrupted", f"Build #{claim.build_id} was interrupted", claim.build_id, ok=False)
+
+
+def retry_after_failure(build_id):
+    """After an interruption or a loss: a request "retry of #N", unless BUILD_MAX_ATTEMPTS failures in a row."""
+    config = get_config()
+    failures = consecutive_failures()
+    if failures >= config.BUILD_MAX_ATTEMPTS:
+        report_failure(
+            build_id,
+            f"{failures} builds in a row have failed or been lost since the last success; automatic retries stop "
+            "here. The next publish starts afresh.",
+        )
+        return None
+    with transaction.atomic():
+        request_id = record_request(f"retry of #{build_id}", retry_of_id=build_id, dispatch_after_commit=False)
+    attach_requests([request_id])
+    # A queued build holding only retries waits out the backoff; one with new work launches as usual.
+    Build.objects.filter(state=S.QUEUED).exclude(requests__retry_of__isnull=True).update(
+        next_attempt_at=now() + timedelta(seconds=backoff(failures, config))
+    )
+    return request_id
+
+
+def consecutive_failures():
+    """Failed or lost builds since the last success."""
+    last_success = Build.objects.filter(state=S.SUCCEEDED).order_by("-pk").values_list("pk", flat=True).first()
+    failed = Build.objects.filter(state__in=(S.FAILED, S.LOST))
+    if last_success:
+        failed = failed.filter(pk__gt=last_success)
+    return failed.count()
+
+
+# --- Reports -------------------------------------------------------------------------------------------------------
+
+
+def alert_operator(build_id, message):
+    """An error a person must fix (a bad key, a missing app): reported once per build."""
+    if Build.objects.filter(pk=build_id, alerted_at__isnull=True).update(alerted_at=now()):
+        _report(f"Build #{build_id} needs attention", message)
+
+
+def report_failure(build_id, message):
+    """A failure that leaves requests uncovered: reported once per build."""
+    if not Build.objects.filter(pk=build_id, failure_reported_at__isnull=True).update(failure_reported_at=now()):
+        return
+    uncovered = BuildRequest.objects.filter(build_id=build_id).order_by("pk")
+    reasons = "\n".join(f"- #{r.pk} {r.created_at:%Y-%m-%d %H:%M} {r.reason}" for r in uncovered[:50])
+    _report(f"Build #{build_id} failed", f"{message}\n\nRequests it leaves uncovered:\n{reasons or '- none'}")
+
+
+def _report(subject, message):
+    logger.error("%s: %s", subject, message)
+    try:
+        mail_admins(subject, message, fail_silently=False)
+    except OSError:
+        logger.exception("Could not mail the report %r to ADMINS", subject)
+
+
+def cancel(build_id, *, by=None):
+    """An operator cancels a build: ``cancelled`` is written first, then the process is stopped.
+
+    A queued build is cancelled outright; its requests stay with it (recorded as cancelled). Returns an Outcome.
+    """
+    build = Build.objects.filter(pk=build_id).values("state", "handle").first()
+    if build is None:
+        return Outcome("unknown", f"Build #{build_id} does not exist", build_id, ok=False)
+    who = f" by {by}" if by else ""
+    ended = Build.objects.filter(pk=build_id, state__in=(S.QUEUED, *ACTIVE_STATES)).update(
+        state=S.CANCELLED, finished_at=now(), error=f"Cancelled{who}"
+    )
+    if not ended:
+        return Outcome("finished", f"Build #{build_id} had already ended ({build['state']})", build_id, ok=False)
+    logger.info("Build #%s cancelled%s", build_id, who)
+    if build["handle"] and build["state"] in ACTIVE_STATES:
+        try:
+            get_launcher().stop(build["handle"])
+        except LaunchError as exc:
+            logger.warning("Build #%s cancelled, but stopping its process failed: %s", build_id, exc)
+    after = launch_next()
+    return Outcome("cancelled", f"Build #{build_id} cancelled" + (f". {after}" if after else ""), build_id)

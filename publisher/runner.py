@@ -1,0 +1,136 @@
+"""Running one claimed build in this process: heartbeats with fencing, render, switch, record the outcome."""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from django.db import DatabaseError, connections
+
+from . import builds, interrupts
+from .conf import get_config
+from .models import BuildState
+from .progress import Progress
+from .release import build_release
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+
+
+class BuildFenced(Exception):
+    """This process no longer holds the build (cancelled, marked lost, re-launched): stop without switching."""
+
+
+class HeartbeatProgress(Progress):
+    """Progress that a background thread writes with the heartbeat every ``interval`` seconds, fenced.
+
+    The renderer's ``advance`` only counts; it raises ``BuildFenced`` once the thread finds the claim gone, or once
+    the heartbeat could not be written for ``give_up_after`` seconds (the sweep would judge the build lost anyway).
+    """
+
+    def __init__(self, claim, *, interval, give_up_after, clock=time.monotonic):
+        self.claim = claim
+        self.interval = max(0.05, float(interval))
+        self.give_up_after = give_up_after
+        self.clock = clock
+        self.fenced = None
+        self.written_done = None
+        self.last_ok = clock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self, total):
+        super().start(total)
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.claim.build_id}", daemon=True)
+        self._thread.start()
+
+    def advance(self, done):
+        self.done = done
+        if self.fenced:
+            raise BuildFenced(self.fenced)
+
+    def _run(self):
+        try:
+            while not self._stop.wait(self.interval):
+                self.beat()
+        finally:
+            connections.close_all()
+
+    def beat(self):
+        """Write heartbeat and progress once; note a lost claim for the main thread."""
+        done = self.done
+        try:
+            ok = builds.heartbeat(
+                self.claim, done=done, total=self.total, moved=done != self.written_done and done is not None
+            )
+        except DatabaseError as exc:
+            if self.clock() - self.last_ok >= self.give_up_after:
+                self.fenced = f"could not write a heartbeat for {self.give_up_after:.0f}s ({exc})"
+            logger.warning("Build #%s: heartbeat not written: %s", self.claim.build_id, exc)
+            return False
+        if not ok:
+            self.fenced = "the build is no longer running under this token (cancelled, lost or re-launched)"
+            return False
+        self.written_done = done
+        self.last_ok = self.clock()
+        return True
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    message: str
+
+
+def run(claim):
+    """Render and go live under ``claim``; record the outcome; promote the next build. Returns a ``Result``.
+
+    SIGTERM (installed by the caller with ``interrupts.install``) records the interruption, removes the partial
+    release and returns exit code 143, leaving any launch to the sweep.
+    """
+    config = get_config()
+    progress = HeartbeatProgress(
+        claim, interval=config.BUILD_HEARTBEAT_INTERVAL, give_up_after=config.BUILD_LOST_AFTER / 2
+    )
+
+    def before_switch():
+        if progress.fenced or not progress.beat():
+            raise BuildFenced(progress.fenced)
+
+    try:
+        outcome = build_release(
+            config, build_id=claim.build_id, attempt=claim.attempt, progress=progress, before_switch=before_switch
+        )
+    except BuildFenced as exc:
+        logger.warning("Build #%s stopped without switching the site: %s", claim.build_id, exc)
+        return Result(EXIT_OK, f"Build #{claim.build_id} stopped: {exc}")
+    except interrupts.BuildInterrupted as exc:
+        progress.stop()
+        if not connections["default"].in_atomic_block:
+            connections["default"].close()  # the signal may have cut a query short: record on a fresh connection
+        recorded = builds.interrupted(claim, timeout_seconds=config.BUILD_TIMEOUT)
+        logger.warning("Build #%s %s; partial release removed: %s", claim.build_id, exc, recorded)
+        return Result(exc.exit_code, f"Build #{claim.build_id} {exc}; the partial release was removed.")
+    except Exception as exc:  # the build's boundary: any other error fails this build, with its traceback
+        progress.stop()
+        logger.exception("Build #%s failed", claim.build_id)
+        error = f"{type(exc).__name__}: {exc}"
+        if builds.finish(claim, state=BuildState.FAILED, error=error):
+            builds.report_failure(claim.build_id, f"Build #{claim.build_id} failed: {error}")
+        after = builds.launch_next()
+        return Result(EXIT_FAILED, f"Build #{claim.build_id} failed: {error}" + (f". {after}" if after else ""))
+    finally:
+        progress.stop()
+    if not builds.finish(claim, state=BuildState.SUCCEEDED, release=outcome.name, pages=outcome.pages):
+        logger.warning("Build #%s went live but its outcome was already recorded elsewhere", claim.build_id)
+    after = builds.launch_next()
+    live = "is live" if outcome.went_live else "was kept (a newer release is live)"
+    message = f"Build #{claim.build_id}: release {outcome.name} with {outcome.pages} pages {live}"
+    return Result(EXIT_OK, message + (f". {after}" if after else ""))
