@@ -553,3 +553,20 @@ def test_the_key_never_leaks_through_any_path(make_launcher, all_logs, capfd, si
     assert "urllib3" in all_logs.text or "127.0.0.1" in all_logs.text, "urllib3's debug records are captured"
     leaks = [where for where, text in texts.items() if LEAK in text]
     assert not leaks, f"the API key leaked into: {leaks}"  # names where, not the text (which holds the key)
+
+
+# --- the schema file --------------------------------------------------------------------------------------------
+
+
+def test_a_missing_schema_skips_with_the_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("HEROKU_DYNO_SCHEMA", str(tmp_path / "missing.json"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="HEROKU_DYNO_SCHEMA"):
+        create_validator()
+
+
+def test_a_missing_schema_fails_under_ci(monkeypatch, tmp_path):
+    monkeypatch.setenv("HEROKU_DYNO_SCHEMA", str(tmp_path / "missing.json"))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="never skipped under CI=true"):
+        create_validator()
