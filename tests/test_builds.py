@@ -434,7 +434,7 @@ def test_a_build_that_cannot_write_heartbeats_stops_itself(claimed, monkeypatch)
         progress.advance(1)
 
 
-# --- Manual builds and cancel ------------------------------------------------------------------------------------------
+# --- Manual builds and cancel ---------------------------------------------------------------------------------------
 
 
 def test_a_manual_build_takes_the_active_slot_and_records_its_process(site_root):

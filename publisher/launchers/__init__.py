@@ -22,8 +22,7 @@ def get_launcher():
         cls = import_string(backend)
     except ImportError as exc:
         raise ImproperlyConfigured(
-            f"Unknown launcher {backend!r}: expected 'local', 'heroku' or the dotted path of a launcher class "
-            f"({exc})."
+            f"Unknown launcher {backend!r}: expected 'local', 'heroku' or the dotted path of a launcher class ({exc})."
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, BaseLauncher)):
         raise ImproperlyConfigured(f"Launcher {backend!r} is not a subclass of publisher.launchers.BaseLauncher.")
