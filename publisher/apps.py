@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class PublisherConfig(AppConfig):
@@ -8,3 +9,6 @@ class PublisherConfig(AppConfig):
 
     def ready(self):
         from . import checks, receivers  # noqa: F401  (connects signals, registers checks)
+        from .sweep import ensure_schedule
+
+        post_migrate.connect(ensure_schedule, sender=self, dispatch_uid="publisher.ensure_schedule")

@@ -8,6 +8,7 @@ Functions here return an ``Outcome`` that the admin, the commands and the logs a
 """
 
 import logging
+import os
 import secrets
 import socket
 from dataclasses import dataclass
@@ -326,10 +327,12 @@ def describe_process(process):
 
 
 def this_process():
-    """The handle a build process records about itself: host, pid and, on Heroku, the dyno name."""
-    import os
+    """The handle a build process by hand records about itself, in the local launcher's form (host, pid, start
+    time) so the sweep can judge it, plus the dyno name on Heroku."""
+    from .launchers.local import process_state
 
-    handle = {"host": socket.gethostname(), "pid": os.getpid()}
+    state = process_state(os.getpid())
+    handle = {"host": socket.gethostname(), "pid": os.getpid(), "started": state[0] if state else None}
     if os.environ.get("DYNO"):
         handle["dyno"] = os.environ["DYNO"]
     return handle
@@ -445,7 +448,7 @@ def cancel(build_id, *, by=None):
 
     A queued build is cancelled outright; its requests stay with it (recorded as cancelled). Returns an Outcome.
     """
-    build = Build.objects.filter(pk=build_id).values("state", "handle").first()
+    build = Build.objects.filter(pk=build_id).values("state", "handle", "manual").first()
     if build is None:
         return Outcome("unknown", f"Build #{build_id} does not exist", build_id, ok=False)
     who = f" by {by}" if by else ""
@@ -455,10 +458,55 @@ def cancel(build_id, *, by=None):
     if not ended:
         return Outcome("finished", f"Build #{build_id} had already ended ({build['state']})", build_id, ok=False)
     logger.info("Build #%s cancelled%s", build_id, who)
-    if build["handle"] and build["state"] in ACTIVE_STATES:
-        try:
-            get_launcher().stop(build["handle"])
-        except LaunchError as exc:
-            logger.warning("Build #%s cancelled, but stopping its process failed: %s", build_id, exc)
+    if build["state"] in ACTIVE_STATES:
+        stop_process(build)
     after = launch_next()
     return Outcome("cancelled", f"Build #{build_id} cancelled" + (f". {after}" if after else ""), build_id)
+
+
+def mark_lost(build_id, *, token, reason):
+    """``running`` → ``lost``: the launcher says the process is gone (never on "unknown"). Retried like an
+    interruption."""
+    ended = Build.objects.filter(pk=build_id, state=S.RUNNING, launch_token=token).update(
+        state=S.LOST, finished_at=now(), error=reason[:2000]
+    )
+    if not ended:
+        return None
+    logger.warning("Build #%s lost: %s", build_id, reason)
+    retry_after_failure(build_id)
+    return Outcome("lost", f"Build #{build_id} lost ({reason}); a retry is requested", build_id, ok=False)
+
+
+def time_out(build_id, *, token, timeout_seconds):
+    """A build running longer than ``BUILD_TIMEOUT`` from launch: ``failed`` first, then its process is stopped.
+    Not retried; reported."""
+    error = f"Timed out: running longer than BUILD_TIMEOUT ({timeout_seconds}s) from launch"
+    build = Build.objects.filter(pk=build_id).values("handle", "manual").first()
+    ended = Build.objects.filter(pk=build_id, state=S.RUNNING, launch_token=token).update(
+        state=S.FAILED, finished_at=now(), error=error
+    )
+    if not ended:
+        return None
+    logger.warning("Build #%s %s", build_id, error)
+    stop_process(build)
+    report_failure(build_id, f"Build #{build_id} was stopped: {error}. It is not retried automatically.")
+    return Outcome("timeout", f"Build #{build_id} timed out and was stopped", build_id, ok=False)
+
+
+def stop_process(build):
+    """Ask the launcher that started ``build`` (a dict with ``handle`` and ``manual``) to stop it; never raises."""
+    if not build or not build.get("handle"):
+        return
+    try:
+        launcher_for(build).stop(build["handle"])
+    except LaunchError as exc:
+        logger.warning("Could not stop %s: %s", build["handle"], exc)
+
+
+def launcher_for(build):
+    """The launcher that can judge ``build``'s handle: a build by hand is a local process."""
+    if build.get("manual"):
+        from .launchers.local import LocalLauncher
+
+        return LocalLauncher()
+    return get_launcher()

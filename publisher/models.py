@@ -227,3 +227,20 @@ class BuildRequest(models.Model):
 
     def __str__(self):
         return f"Request #{self.pk}: {self.reason}"
+
+
+class SweepStatus(models.Model):
+    """One row: when the safety-net sweep last ran and what it did (for the admin and operators)."""
+
+    ran_at = models.DateTimeField(null=True, blank=True)
+    took_ms = models.PositiveIntegerField(default=0)
+    summary = models.TextField(blank=True)
+    passes = models.PositiveBigIntegerField(default=0)
+    pruned_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "sweep status"
+        verbose_name_plural = "sweep status"
+
+    def __str__(self):
+        return f"Sweep last ran at {self.ran_at:%Y-%m-%d %H:%M:%S}" if self.ran_at else "Sweep has not run"

@@ -12,3 +12,7 @@ page_changed = Signal()  # a published page was saved with changes (they go live
 page_deleted = Signal()  # a published page was deleted
 
 PAGE_SIGNALS = (page_published, page_unpublished, page_changed, page_deleted)
+
+# A running build has made no progress for BUILD_STALL_AFTER seconds; sent by the sweep with ``build`` and
+# ``stalled_for`` (seconds), at most every BUILD_STALL_REPORT_EVERY. For integrations such as Slack or Sentry.
+build_stalled = Signal()

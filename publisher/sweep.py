@@ -1,0 +1,245 @@
+"""The safety net: one pass finds what events missed and puts it right through ``publisher.builds``.
+
+Runs every minute as a django-q2 schedule in the worker (``qcluster``), or as ``manage.py sweepbuilds`` from Heroku
+Scheduler. Two passes at once are harmless: every action is a conditional transition and every report is claimed
+by a conditional update. An idle pass costs four queries, all backed by indexes.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.core.mail import mail_admins
+from django.db.models import Q
+
+from . import builds
+from .conf import get_config
+from .launchers import GONE, RUNNING, STARTING, UNKNOWN, LaunchError
+from .models import ACTIVE_STATES, Build, BuildRequest, BuildState, SweepStatus
+from .signals import build_stalled
+
+logger = logging.getLogger(__name__)
+S = BuildState
+
+#: Requests younger than this are left to the dispatch that follows their commit.
+UNATTACHED_GRACE = 5
+#: Pruning old history runs at most this often (seconds).
+PRUNE_EVERY = 3600
+SCHEDULE_NAME = "publisher: sweep builds"
+
+
+@dataclass
+class Pass:
+    """What one pass did, in words."""
+
+    actions: list = field(default_factory=list)
+
+    def add(self, outcome):
+        if outcome is not None:
+            self.actions.append(str(outcome))
+
+    def __str__(self):
+        return "; ".join(self.actions) if self.actions else "Nothing to do."
+
+
+def sweep():
+    """One pass (DESIGN §3, the sweep issue). Returns a ``Pass``."""
+    config = get_config()
+    started = time.monotonic()
+    at = builds.now()
+    done = Pass()
+    open_builds = list(
+        Build.objects.filter(state__in=(S.QUEUED, *ACTIVE_STATES)).values(
+            "pk",
+            "state",
+            "launch_token",
+            "handle",
+            "manual",
+            "launched_at",
+            "heartbeat_at",
+            "progress_at",
+            "stall_reported_at",
+            "pages_done",
+            "pages_total",
+        )
+    )
+    launcher = None
+    for build in open_builds:
+        if build["state"] in ACTIVE_STATES:
+            launcher = launcher or _launcher_or_none()
+            done.add(_check_active(build, at, config, launcher))
+    unattached = BuildRequest.objects.filter(
+        build__isnull=True, created_at__lte=at - timedelta(seconds=UNATTACHED_GRACE)
+    )
+    ids = list(unattached.values_list("pk", flat=True)[:10_000])
+    if ids:
+        outcome = builds.attach_requests(ids)
+        if outcome:
+            done.add(f"{len(ids)} unattached request(s): {outcome}")
+    if ids or any(b["state"] == S.QUEUED for b in open_builds) or done.actions:
+        launched = builds.launch_next()
+        if launched is not None and launched.kind != "queued":
+            done.add(launched)
+    _record(done, at, started, config)
+    return done
+
+
+def _launcher_or_none():
+    try:
+        return builds.get_launcher()
+    except Exception:  # the sweep's boundary: a broken configuration must not stop the other checks
+        logger.exception("The sweep cannot load the launcher; builds needing a status check wait")
+        return None
+
+
+def _status(build, launcher):
+    """The launcher's word on a build's process; ``unknown`` when it cannot tell (never a reason to end a build)."""
+    if not build["handle"]:
+        return UNKNOWN
+    try:
+        if build["manual"]:
+            return builds.launcher_for(build).status(build["handle"])
+        if launcher is None:
+            return UNKNOWN
+        return launcher.status(build["handle"])
+    except LaunchError as exc:
+        logger.warning("Build #%s: status unknown: %s", build["pk"], exc)
+        return UNKNOWN
+
+
+def _age(moment, at):
+    return (at - moment).total_seconds() if moment else float("inf")
+
+
+def _check_active(build, at, config, launcher):
+    pk, token, state = build["pk"], build["launch_token"], build["state"]
+    since_launch = _age(build["launched_at"], at)
+    if state == S.RUNNING and since_launch > config.BUILD_TIMEOUT:
+        return builds.time_out(pk, token=token, timeout_seconds=config.BUILD_TIMEOUT)
+    if state == S.LAUNCHING:
+        if since_launch <= config.BUILD_LAUNCH_TIMEOUT:
+            return None
+        if builds.requeue(pk, token=token, error="Stuck in launching", expected=(S.LAUNCHING,)):
+            return f"Build #{pk} was stuck launching for {since_launch:.0f}s: queued again"
+        return None
+    if state == S.LAUNCHED:
+        return _check_not_started(build, since_launch, config, launcher)
+    return _check_running(build, at, config, launcher)
+
+
+def _check_not_started(build, since_launch, config, launcher):
+    pk, token = build["pk"], build["launch_token"]
+    if since_launch <= config.BUILD_START_TIMEOUT:
+        return None
+    status = _status(build, launcher)
+    if status == GONE:
+        error = "Launched, but its process ended before it started building"
+        if builds.requeue(pk, token=token, error=error, expected=(S.LAUNCHED,)):
+            return f"Build #{pk}: {error.lower()}: queued again"
+    elif status in (STARTING, RUNNING) and since_launch > 2 * config.BUILD_START_TIMEOUT:
+        error = f"Still not started {since_launch:.0f}s after launch"
+        if builds.requeue(pk, token=token, error=error, expected=(S.LAUNCHED,)):
+            builds.stop_process(build)  # its token is void now; stopping it is tidiness, not safety
+            return f"Build #{pk}: {error.lower()}: stopped and queued again"
+    elif status == UNKNOWN:
+        logger.warning("Build #%s launched %.0fs ago has not started; its status is unknown: waiting", pk, since_launch)
+    return None
+
+
+def _check_running(build, at, config, launcher):
+    pk, token = build["pk"], build["launch_token"]
+    silent = _age(build["heartbeat_at"], at)
+    if silent > config.BUILD_LOST_AFTER:
+        status = _status(build, launcher)
+        if status == GONE:
+            return builds.mark_lost(pk, token=token, reason=f"No heartbeat for {silent:.0f}s and the process is gone")
+        if status == UNKNOWN:
+            logger.warning("Build #%s: no heartbeat for %.0fs; its status is unknown: waiting", pk, silent)
+            return None
+        # The process is there but silent: a stall (reported below).
+        return _report_stall(build, at, config, reason=f"no heartbeat for {silent:.0f}s, process still running")
+    if _age(build["progress_at"], at) > config.BUILD_STALL_AFTER:
+        return _report_stall(build, at, config, reason=f"no progress for {_age(build['progress_at'], at):.0f}s")
+    return None
+
+
+def _report_stall(build, at, config, *, reason):
+    """Report a stalled build now and then every BUILD_STALL_REPORT_EVERY; the conditional update picks the sender."""
+    pk = build["pk"]
+    every = timedelta(seconds=config.BUILD_STALL_REPORT_EVERY)
+    due = Q(stall_reported_at__isnull=True) | Q(stall_reported_at__lte=at - every)
+    if not Build.objects.filter(due, pk=pk, state=S.RUNNING).update(stall_reported_at=at):
+        return None
+    stalled_for = _age(build["progress_at"], at)
+    message = (
+        f"Build #{pk} is stalled: {reason}. It has rendered {build['pages_done'] or 0} of "
+        f"{build['pages_total'] if build['pages_total'] is not None else '?'} pages. Cancel it in the admin if it "
+        "does not recover; the next report comes in "
+        f"{config.BUILD_STALL_REPORT_EVERY}s if it stays stalled."
+    )
+    logger.error("%s", message)
+    try:
+        mail_admins(f"Build #{pk} is stalled", message, fail_silently=False)
+    except OSError:
+        logger.exception("Could not mail the stall report for build #%s", pk)
+    build_stalled.send(sender=Build, build=Build.objects.get(pk=pk), stalled_for=stalled_for)
+    return f"Build #{pk} is stalled ({reason}): reported"
+
+
+def _record(done, at, started, config):
+    took = int((time.monotonic() - started) * 1000)
+    summary = str(done)[:5000]
+    if not SweepStatus.objects.filter(pk=1).update(ran_at=at, took_ms=took, summary=summary):
+        SweepStatus.objects.get_or_create(pk=1, defaults={"ran_at": at, "took_ms": took, "summary": summary})
+    prune_due = Q(pruned_at__isnull=True) | Q(pruned_at__lte=at - timedelta(seconds=PRUNE_EVERY))
+    if SweepStatus.objects.filter(prune_due, pk=1).update(pruned_at=at):
+        prune(at - timedelta(days=config.BUILD_HISTORY_DAYS))
+    if done.actions:
+        logger.info("Sweep: %s", done)
+
+
+def prune(before):
+    """Delete finished builds and their requests older than ``before``, and old django-q task rows."""
+    from django_q.models import Task
+
+    old = Build.objects.filter(state__in=(S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST), created_at__lt=before)
+    requests_deleted, _ = BuildRequest.objects.filter(build__in=old, created_at__lt=before).delete()
+    builds_deleted, _ = old.exclude(requests__isnull=False).delete()
+    tasks_deleted, _ = Task.objects.filter(stopped__lt=before).delete()
+    if requests_deleted or builds_deleted or tasks_deleted:
+        logger.info(
+            "Pruned %d builds, %d requests and %d task records older than %s",
+            builds_deleted,
+            requests_deleted,
+            tasks_deleted,
+            before,
+        )
+
+
+def run_scheduled_sweep():
+    """The django-q2 schedule's entry point: one pass; its summary is the task's result."""
+    return str(sweep())
+
+
+def ensure_schedule(**kwargs):
+    """Create or update the every-minute schedule (post_migrate). ``Schedule.name`` is not unique: look it up."""
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    wanted = {
+        "func": "publisher.sweep.run_scheduled_sweep",
+        "schedule_type": Schedule.MINUTES,
+        "minutes": 1,
+        "repeats": -1,
+    }
+    existing = list(Schedule.objects.filter(name=SCHEDULE_NAME).order_by("pk"))
+    if not existing:
+        Schedule.objects.create(name=SCHEDULE_NAME, next_run=timezone.now(), **wanted)
+        return
+    first, duplicates = existing[0], existing[1:]
+    changed = {key: value for key, value in wanted.items() if getattr(first, key) != value}
+    if changed:
+        Schedule.objects.filter(pk=first.pk).update(**changed)
+    if duplicates:
+        Schedule.objects.filter(pk__in=[d.pk for d in duplicates]).delete()
