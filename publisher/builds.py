@@ -356,7 +356,9 @@ def _fenced(claim):
 
 def finish(claim, *, state, error="", release="", pages=None):
     """End a claimed build (``succeeded``, ``failed``, ``cancelled``), fenced on token and ``running``."""
-    fields = {"state": state, "finished_at": now(), "error": error[:2000]}
+    fields = {"state": state, "finished_at": now()}
+    if error:  # a success keeps the error of an earlier attempt, for the history
+        fields["error"] = error[:2000]
     if release:
         fields["release"] = release
     if pages is not None:
