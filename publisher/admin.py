@@ -4,8 +4,9 @@ from django.db import transaction
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
+from . import builds
 from .conf import get_config
-from .models import Page
+from .models import ACTIVE_STATES, Build, BuildRequest, BuildState, Page, SweepStatus
 
 PUBLISH_BUTTON = "_saveandpublish"
 
@@ -30,6 +31,24 @@ class PageAdmin(admin.ModelAdmin):
     def view_on_site(self, page):
         """The page under ``SITE_URL`` while it is live; nothing for drafts."""
         return page.site_url(get_config().SITE_URL) if page.pk and page.is_published else None
+
+    # --- What the build system did, in words, after the content committed ----------------------------------------
+
+    def changeform_view(self, request, *args, **kwargs):
+        return self._with_outcomes(request, super().changeform_view, *args, **kwargs)
+
+    def changelist_view(self, request, *args, **kwargs):
+        return self._with_outcomes(request, super().changelist_view, *args, **kwargs)
+
+    def delete_view(self, request, *args, **kwargs):
+        return self._with_outcomes(request, super().delete_view, *args, **kwargs)
+
+    def _with_outcomes(self, request, view, *args, **kwargs):
+        with builds.collect_outcomes() as outcomes:
+            response = view(request, *args, **kwargs)
+        for outcome in outcomes:
+            self.message_user(request, str(outcome), messages.INFO if outcome.ok else messages.WARNING)
+        return response
 
     # --- Saving: "Save and publish", and the signals carry who acted -------------------------------------------
 
@@ -71,3 +90,67 @@ class PageAdmin(admin.ModelAdmin):
             self.message_user(request, ngettext(singular, plural, changed) % changed, messages.SUCCESS)
         else:
             self.message_user(request, "Nothing to do: the selected pages were already in that state.", messages.INFO)
+
+
+class RequestInline(admin.TabularInline):
+    model = BuildRequest
+    fk_name = "build"
+    fields = ["created_at", "reason", "requested_by", "retry_of"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Build)
+class BuildAdmin(admin.ModelAdmin):
+    """Build history (read-only: only ``publisher.builds`` writes builds); cancel is the one action."""
+
+    list_display = ["__str__", "state", "attempt", "created_at", "started_at", "finished_at", "progress", "error_short"]
+    list_filter = ["state", "manual"]
+    readonly_fields = [f.name for f in Build._meta.fields]
+    inlines = [RequestInline]
+    actions = ["cancel_selected"]
+
+    @admin.display(description="pages")
+    def progress(self, build):
+        if build.pages_total is None:
+            return "—"
+        return f"{build.pages_done or 0} / {build.pages_total}"
+
+    @admin.display(description="error")
+    def error_short(self, build):
+        return (build.error[:80] + "…") if len(build.error) > 80 else build.error
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("publisher.publish_page")
+
+    @admin.action(description="Cancel selected builds", permissions=["cancel"])
+    def cancel_selected(self, request, queryset):
+        for pk in queryset.filter(state__in=(BuildState.QUEUED, *ACTIVE_STATES)).values_list("pk", flat=True):
+            outcome = builds.cancel(pk, by=request.user.get_username())
+            self.message_user(request, str(outcome), messages.SUCCESS if outcome.ok else messages.WARNING)
+
+
+@admin.register(SweepStatus)
+class SweepStatusAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "took_ms", "summary"]
+    readonly_fields = ["ran_at", "took_ms", "summary", "passes", "pruned_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -7,10 +7,12 @@ impossible to store, so a lost race surfaces as zero rows or an ``IntegrityError
 Functions here return an ``Outcome`` that the admin, the commands and the logs all describe in words.
 """
 
+import contextvars
 import logging
 import os
 import secrets
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -65,6 +67,23 @@ class _Dispatch:
         outcome = dispatch()
         log = logger.info if outcome.ok else logger.warning
         log("Request #%s: %s", self.request_id, outcome)
+        collected = _collected.get()
+        if collected is not None:
+            collected.append(outcome)
+
+
+_collected = contextvars.ContextVar("publisher_dispatch_outcomes", default=None)
+
+
+@contextmanager
+def collect_outcomes():
+    """Collect the outcomes of the dispatches that run inside the block (the admin shows them to the editor)."""
+    outcomes = []
+    token = _collected.set(outcomes)
+    try:
+        yield outcomes
+    finally:
+        _collected.reset(token)
 
 
 def _pending_request_id():

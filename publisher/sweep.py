@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.core.mail import mail_admins
-from django.db.models import Q
+from django.db.models import F, Q
 
 from . import builds
 from .conf import get_config
@@ -190,8 +190,10 @@ def _report_stall(build, at, config, *, reason):
 def _record(done, at, started, config):
     took = int((time.monotonic() - started) * 1000)
     summary = str(done)[:5000]
-    if not SweepStatus.objects.filter(pk=1).update(ran_at=at, took_ms=took, summary=summary):
-        SweepStatus.objects.get_or_create(pk=1, defaults={"ran_at": at, "took_ms": took, "summary": summary})
+    if not SweepStatus.objects.filter(pk=1).update(ran_at=at, took_ms=took, summary=summary, passes=F("passes") + 1):
+        SweepStatus.objects.get_or_create(
+            pk=1, defaults={"ran_at": at, "took_ms": took, "summary": summary, "passes": 1}
+        )
     prune_due = Q(pruned_at__isnull=True) | Q(pruned_at__lte=at - timedelta(seconds=PRUNE_EVERY))
     if SweepStatus.objects.filter(prune_due, pk=1).update(pruned_at=at):
         prune(at - timedelta(days=config.BUILD_HISTORY_DAYS))

@@ -148,3 +148,40 @@ def test_bulk_delete_of_live_pages_sends_page_deleted(admin_client, sent):
     admin_client.post(CHANGELIST, {"action": "delete_selected", "_selected_action": [a.pk, b.pk], "post": "yes"})
     assert not Page.objects.exists()
     assert sent == [(signals.page_deleted, "alpha", "admin")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_editor_sees_what_the_build_system_did(admin_client):
+    response = admin_client.post(reverse("admin:publisher_page_add"), form(_saveandpublish="1"), follow=True)
+    assert "Build #1 launched on recorded launch rec-1" in response.content.decode()
+    p = Page.objects.get(slug="alpha")
+    response = admin_client.post(
+        reverse("admin:publisher_page_change", args=[p.pk]), form(body="new", _save="1"), follow=True
+    )
+    assert "Attached to build #1, which has not started reading content" in response.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_launch_is_a_warning_and_the_page_is_saved(admin_client):
+    from publisher.launchers import LaunchError, recording
+
+    recording.fail_next(LaunchError("Heroku rejected the API key (401)", status=401, needs_operator=True))
+    response = admin_client.post(reverse("admin:publisher_page_add"), form(_saveandpublish="1"), follow=True)
+    html = response.content.decode()
+    assert response.status_code == 200 and "Launch failed: Heroku rejected the API key (401)" in html
+    assert "will be retried" in html and Page.objects.get(slug="alpha").is_published
+
+
+def test_build_history_and_cancel(admin_client):
+    from publisher import builds
+    from publisher.models import Build
+
+    builds.request_build("x")
+    b = Build.objects.get()
+    changelist = reverse("admin:publisher_build_changelist")
+    html = admin_client.get(changelist).content.decode()
+    assert f"Build #{b.pk} (launched)" in html
+    assert admin_client.get(reverse("admin:publisher_build_change", args=[b.pk])).status_code == 200
+    response = admin_client.post(changelist, {"action": "cancel_selected", "_selected_action": [b.pk]}, follow=True)
+    assert f"Build #{b.pk} cancelled" in response.content.decode()
+    assert Build.objects.get().state == "cancelled"
