@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 ACCEPT = "application/vnd.heroku+json; version=3"
 MAX_TIME_TO_LIVE = 86400  # Heroku's limit for a one-off dyno, in seconds
-TIME_TO_LIVE_MARGIN = 300  # the build stops itself at BUILD_TIMEOUT; the dyno goes a little later
+TIME_TO_LIVE_MARGIN = 300  # the sweep stops a build at BUILD_TIMEOUT; Heroku's own limit comes a little later
 
 #: 422 error ids that mean "too many dynos right now": waiting helps, no operator needed.
 DYNO_LIMIT_ERROR_IDS = frozenset({"cannot_run_above_limit"})
