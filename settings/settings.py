@@ -100,6 +100,7 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     )
 elif _db["ENGINE"].startswith("django.db.backends.postgresql"):
     _db["CONN_HEALTH_CHECKS"] = True
+    _db.setdefault("OPTIONS", {})["connect_timeout"] = env.integer("DATABASE_CONNECT_TIMEOUT", 10)
     _host = _db.get("HOST") or ""
     _local = not _host or _host.startswith("/") or _host in ("localhost", "127.0.0.1", "::1")
     # Heroku Postgres requires TLS; a database on this machine (development, tests) has none.
