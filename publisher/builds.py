@@ -266,7 +266,7 @@ def requeue(build_id, *, token, error, expected, delay=None):
             return bool(Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(**fields))
     except IntegrityError:
         pass
-    # A queued build already exists (it can only appear through an operator's action): hand the requests over.
+    # A queued build appeared meanwhile (a request that raced this build's promotion): hand the requests over.
     with transaction.atomic():
         ended = Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(
             state=S.FAILED, finished_at=now(), error=f"{error} (its requests moved to the queued build)"[:2000]
