@@ -459,3 +459,22 @@ def test_cancel_a_queued_build():
 
 def test_active_states_are_the_designs():
     assert set(ACTIVE_STATES) == {"launching", "launched", "running"}
+
+
+def test_a_failed_launch_hands_its_requests_to_a_queued_build_that_appeared_meanwhile(monkeypatch):
+    builds.request_build("first")  # launched
+    first = only_build()
+
+    def fail_after_a_queued_build_appeared(self, **kwargs):
+        # A request raced the promotion and queued a second build while this one was launching.
+        Build.objects.create(state=S.QUEUED, next_attempt_at=builds.now())
+        raise LaunchError("down (503)", status=503)
+
+    Build.objects.filter(pk=first.pk).update(state=S.QUEUED, launch_token="")
+    monkeypatch.setattr(recording.RecordingLauncher, "launch", fail_after_a_queued_build_appeared)
+    outcome = builds.launch(first.pk)
+    assert outcome.kind == "launch_failed"
+    first.refresh_from_db()
+    queued = Build.objects.get(state=S.QUEUED)
+    assert first.state == S.FAILED and "moved to the queued build" in first.error
+    assert list(queued.requests.values_list("reason", flat=True)) == ["first"]
