@@ -399,7 +399,9 @@ def interrupted(claim, *, timeout_seconds):
         return Outcome("cancelled", f"Build #{claim.build_id} was stopped at the shell", claim.build_id, ok=False)
     launched = claim.launched_at
     if launched and (now() - launched).total_seconds() >= timeout_seconds:
-        finish(claim, state=S.FAILED, error=f"Timed out: running longer than BUILD_TIMEOUT ({timeout_seconds}s)")
+        error = f"Timed out: running longer than BUILD_TIMEOUT ({timeout_seconds}s)"
+        if finish(claim, state=S.FAILED, error=error):
+            report_failure(claim.build_id, f"Build #{claim.build_id} was stopped: {error}. It is not retried.")
         return Outcome("timeout", f"Build #{claim.build_id} timed out", claim.build_id, ok=False)
     if not finish(claim, state=S.FAILED, error="Interrupted by the platform (SIGTERM)"):
         state = Build.objects.filter(pk=claim.build_id).values_list("state", flat=True).first()

@@ -84,9 +84,6 @@ PHASES = [hypothesis.Phase.generate] + (
 
 BUILD_TIMEOUT = 3_600
 MAX_ATTEMPTS = 3
-# Known gap (see test_a_build_that_times_out_on_sigterm_is_reported, xfail strict): ``builds.interrupted`` records a
-# timeout without reporting it, so the invariant "failed builds are reported or retried" skips timeouts until then.
-UNREPORTED_SIGTERM_TIMEOUT = True
 # A manual build's handle that no launcher can act on (the local launcher refuses another host).
 MANUAL_PROCESS = {"host": "simulated-shell.invalid", "pid": 999_999_999, "started": None}
 
@@ -785,8 +782,7 @@ class BuildMachine(RuleBasedStateMachine):
                 )
             elif build["state"] in ENDED_STATES:
                 assert build["error"], f"build #{build['pk']} ended {build['state']} with no error recorded"
-                known_gap = UNREPORTED_SIGTERM_TIMEOUT and build["error"].startswith("Timed out")
-                if build["state"] != S.CANCELLED and not known_gap:  # an operator's cancel needs no report
+                if build["state"] != S.CANCELLED:  # an operator's cancel needs no report
                     assert build["failure_reported_at"] or build["pk"] in retried, (
                         f"build #{build['pk']} ended {build['state']} ({build['error']}), leaving request "
                         f"#{request['pk']} uncovered, with neither a report nor a retry"
@@ -841,12 +837,6 @@ def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, cap
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="builds.interrupted() ends a build that ran past BUILD_TIMEOUT as failed ('Timed out') without "
-    "report_failure(): its requests are left uncovered with neither a report nor a retry (DESIGN §3 invariants). "
-    "When this passes, remove the mark and set UNREPORTED_SIGTERM_TIMEOUT = False.",
-)
 def test_a_build_that_times_out_on_sigterm_is_reported(settings, monkeypatch, django_capture_on_commit_callbacks):
     """The minimal sequence the state machine found: publish → dispatch → claim → SIGTERM past BUILD_TIMEOUT."""
     from django.core import mail
