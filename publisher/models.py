@@ -155,6 +155,8 @@ class BuildState(models.TextChoices):
 ACTIVE_STATES = (BuildState.LAUNCHING, BuildState.LAUNCHED, BuildState.RUNNING)
 #: Builds that have not read content yet: a request attached to one of these is covered by it.
 NOT_STARTED_STATES = (BuildState.QUEUED, BuildState.LAUNCHING, BuildState.LAUNCHED)
+#: Builds that are not finished: the queued one and the active one. Queries use this exact tuple (partial index).
+OPEN_STATES = (BuildState.QUEUED, *ACTIVE_STATES)
 FINISHED_STATES = (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED, BuildState.LOST)
 
 
@@ -189,8 +191,12 @@ class Build(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            models.Index(fields=["state", "next_attempt_at"], name="publisher_build_state_next"),
-            models.Index(fields=["created_at"], name="publisher_build_created"),
+            # The sweep's and the dispatcher's frequent lookups touch only the few open builds, whatever the history.
+            models.Index(fields=["id"], condition=models.Q(state__in=OPEN_STATES), name="publisher_build_open"),
+            models.Index(fields=["id"], condition=models.Q(state__in=ACTIVE_STATES), name="publisher_build_active"),
+            # Pruning by age, and "the last success" for consecutive failures.
+            models.Index(fields=["state", "created_at"], name="publisher_build_state_created"),
+            models.Index(fields=["state", "id"], name="publisher_build_state_id"),
         ]
         constraints = [
             # At most one active build. The active states differ, so a unique index on `state` cannot hold this:

@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from . import builds
 from .conf import get_config
 from .launchers import GONE, RUNNING, STARTING, UNKNOWN, LaunchError
-from .models import ACTIVE_STATES, Build, BuildRequest, BuildState, SweepStatus
+from .models import ACTIVE_STATES, OPEN_STATES, Build, BuildRequest, BuildState, SweepStatus
 from .signals import build_stalled
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def sweep():
     at = builds.now()
     done = Pass()
     open_builds = list(
-        Build.objects.filter(state__in=(S.QUEUED, *ACTIVE_STATES)).values(
+        Build.objects.filter(state__in=OPEN_STATES).values(
             "pk",
             "state",
             "launch_token",
@@ -201,18 +201,26 @@ def _record(done, at, started, config):
         logger.info("Sweep: %s", done)
 
 
-def prune(before):
-    """Delete finished builds and their requests older than ``before``, and old django-q task rows."""
+def prune(before, *, limit=1000):
+    """Delete up to ``limit`` finished builds older than ``before`` with their requests, and old task records.
+
+    Bounded so that a large backlog is worked off over several passes instead of in one long one.
+    """
     from django_q.models import Task
 
-    old = Build.objects.filter(state__in=(S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST), created_at__lt=before)
-    requests_deleted, _ = BuildRequest.objects.filter(build__in=old, created_at__lt=before).delete()
-    builds_deleted, _ = old.exclude(requests__isnull=False).delete()
+    finished = (S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST)
+    ids = list(Build.objects.filter(state__in=finished, created_at__lt=before).values_list("pk", flat=True)[:limit])
+    requests_deleted = 0
+    if ids:
+        BuildRequest.objects.filter(retry_of_id__in=ids).update(retry_of=None)
+        Build.objects.filter(retry_of_id__in=ids).update(retry_of=None)
+        requests_deleted, _ = BuildRequest.objects.filter(build_id__in=ids).delete()
+        Build.objects.filter(pk__in=ids).delete()
     tasks_deleted, _ = Task.objects.filter(stopped__lt=before).delete()
-    if requests_deleted or builds_deleted or tasks_deleted:
+    if ids or tasks_deleted:
         logger.info(
             "Pruned %d builds, %d requests and %d task records older than %s",
-            builds_deleted,
+            len(ids),
             requests_deleted,
             tasks_deleted,
             before,

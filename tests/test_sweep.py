@@ -405,3 +405,13 @@ def test_the_schedule_is_created_once_and_repaired(db):
 def test_the_scheduled_function_runs_a_pass(clock):
     queued_without_launch(clock)
     assert "launched" in sweep.run_scheduled_sweep()
+
+
+def test_pruning_is_bounded_per_pass(clock):
+    old = clock.now - timedelta(days=91)
+    Build.objects.bulk_create(Build(state=S.FAILED, created_at=old) for _ in range(1200))
+    sweep.sweep()
+    assert Build.objects.count() == 200
+    clock.advance(3601)
+    sweep.sweep()
+    assert Build.objects.count() == 0
