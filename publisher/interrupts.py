@@ -47,13 +47,13 @@ def install():
 
 
 def pending():
-    """The signal number received but not yet acted on, or ``None``."""
+    """The signal received during a critical section (and not acted on), or ``None``."""
     return _pending
 
 
 @contextmanager
 def critical_section():
-    """Hold off ``BuildInterrupted`` until the block ends; the signal stays visible through ``pending()``."""
+    """Hold off ``BuildInterrupted`` while the block runs: a release that is going live finishes going live."""
     global _deferred
     _deferred += 1
     try:

@@ -153,11 +153,8 @@ class BuildState(models.TextChoices):
 
 #: Builds that hold the one active slot: launched or being launched, or running.
 ACTIVE_STATES = (BuildState.LAUNCHING, BuildState.LAUNCHED, BuildState.RUNNING)
-#: Builds that have not read content yet: a request attached to one of these is covered by it.
-NOT_STARTED_STATES = (BuildState.QUEUED, BuildState.LAUNCHING, BuildState.LAUNCHED)
 #: Builds that are not finished: the queued one and the active one. Queries use this exact tuple (partial index).
 OPEN_STATES = (BuildState.QUEUED, *ACTIVE_STATES)
-FINISHED_STATES = (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED, BuildState.LOST)
 
 
 class Build(models.Model):

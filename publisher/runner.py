@@ -73,6 +73,8 @@ class HeartbeatProgress(Progress):
         if not ok:
             self.fenced = "the build is no longer running under this token (cancelled, lost or re-launched)"
             return False
+        if done != self.written_done:
+            logger.info("Build #%s: rendered %s / %s pages", self.claim.build_id, done or 0, self.total)
         self.written_done = done
         self.last_ok = self.clock()
         return True
@@ -130,7 +132,8 @@ def run(claim):
         progress.stop()
     if not builds.finish(claim, state=BuildState.SUCCEEDED, release=outcome.name, pages=outcome.pages):
         logger.warning("Build #%s went live but its outcome was already recorded elsewhere", claim.build_id)
-    after = builds.launch_next()
+    # Asked to stop while going live: the release is live and recorded; the next launch is left to the sweep.
+    after = None if interrupts.pending() else builds.launch_next()
     live = "is live" if outcome.went_live else "was kept (a newer release is live)"
     message = f"Build #{claim.build_id}: release {outcome.name} with {outcome.pages} pages {live}"
     return Result(EXIT_OK, message + (f". {after}" if after else ""))
