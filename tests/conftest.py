@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,28 @@ from django.db import connection
 pytest_plugins = ["tests.launcher_fixtures"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A controllable clock for the build state machine and the sweep (``publisher.builds.now``)."""
+    from django.utils import timezone
+
+    from publisher import builds
+
+    class Clock:
+        def __init__(self):
+            self.now = timezone.now()
+
+        def __call__(self):
+            return self.now
+
+        def advance(self, seconds):
+            self.now += timedelta(seconds=seconds)
+
+    c = Clock()
+    monkeypatch.setattr(builds, "now", c)
+    return c
 
 
 @pytest.fixture

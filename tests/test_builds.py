@@ -29,27 +29,6 @@ def publish(django_capture_on_commit_callbacks):
     return publish
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    """A controllable clock for the state machine."""
-
-    class Clock:
-        def __init__(self):
-            from django.utils import timezone
-
-            self.now = timezone.now()
-
-        def __call__(self):
-            return self.now
-
-        def advance(self, seconds):
-            self.now += timedelta(seconds=seconds)
-
-    c = Clock()
-    monkeypatch.setattr(builds, "now", c)
-    return c
-
-
 def only_build():
     (build,) = Build.objects.all()
     return build

@@ -5,7 +5,6 @@ from datetime import timedelta
 import pytest
 from django.core import mail
 from django.core.management import call_command
-from django.utils import timezone
 
 from publisher import builds, sweep
 from publisher.launchers import GONE, RUNNING, STARTING, UNKNOWN, LaunchError, recording
@@ -14,22 +13,6 @@ from publisher.signals import build_stalled
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 S = BuildState
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    class Clock:
-        now = timezone.now()
-
-        def __call__(self):
-            return self.now
-
-        def advance(self, seconds):
-            self.now += timedelta(seconds=seconds)
-
-    c = Clock()
-    monkeypatch.setattr(builds, "now", c)
-    return c
 
 
 @pytest.fixture(autouse=True)
