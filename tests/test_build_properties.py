@@ -1,9 +1,16 @@
-"""A stateful property test of the build state machine (DESIGN §3, issue 4).
+"""A stateful property test of the build state machine (DESIGN §3, issues 4 and 5).
 
 Hypothesis drives a ``RuleBasedStateMachine`` through publishes, after-commit dispatches, launches that succeed, fail
-or die half way, claims (fresh, duplicate, orphan), heartbeats, finishes, the three kinds of SIGTERM, operator
-cancels, the sweep's re-queue, a moving clock and processes that crash between any two steps. After every step it
-checks the safety invariants of DESIGN §3.
+or die half way, claims (fresh, duplicate, orphan), launched processes that die or hang before their claim,
+heartbeats, finishes, the three kinds of SIGTERM, operator cancels, passes of the real sweep (``publisher.sweep``,
+sometimes two back to back, sometimes with a failing status call), a moving clock and processes that crash between
+any two steps. A crashed process reads "gone" to the recording launcher, a live one "running". After every step it
+checks the safety invariants of DESIGN §3, and after every sweep pass that the pass did what the sweep's rules say.
+
+Liveness (issue 5): at the end of every example the faults stop, and the model drives the system to quiescence (live
+processes claim and succeed; the clock moves to the next deadline and a sweep pass runs), within a bound. Then every
+request must be attached to a build that succeeded and started after it, or whose failure was reported, or that an
+operator cancelled, or that was retried (``retry_of``) by a request that itself ended so.
 
 The test runs inside the usual transaction of ``@pytest.mark.django_db``, so on-commit callbacks never run by
 themselves: a publish takes its dispatch callback out of ``connection.run_on_commit`` (as a commit would) and the
@@ -34,13 +41,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from publisher import builds
+from publisher import sweep as the_sweep
 from publisher.conf import get_config
-from publisher.launchers import LaunchError, recording
+from publisher.launchers import GONE, RUNNING, STARTING, UNKNOWN, LaunchError, recording
 from publisher.models import ACTIVE_STATES, Build, BuildRequest, BuildState, Page
 
 S = BuildState
 OPEN_STATES = (S.QUEUED, *ACTIVE_STATES)
 ENDED_STATES = (S.FAILED, S.LOST, S.CANCELLED)
+# What a sweep pass reads of the active build to decide.
+SWEPT_FIELDS = ("pk", "state", "launch_token", "attempt", "manual", "handle", "launched_at", "heartbeat_at")
 
 # Content changes of one user action; "view fails" raises inside the transaction.
 CONTENT_OPS = ["new", "new", "new", "edit", "edit", "unpublish", "republish", "delete", "edit_draft", "view fails"]
@@ -56,7 +66,11 @@ PROCESS_STEPS = [
     "sigterm after the timeout",
     "sigterm after a cancel",
     "crash",
+    "crash",
 ]
+
+# How the process of a launch starts (weighted by repetition).
+CLAIM_RACES = ["none"] * 4 + ["orphan first", "duplicate after", "dies before its claim", "hangs starting"]
 
 # Outside events (weighted by repetition).
 OUTSIDE_EVENTS = [
@@ -68,6 +82,7 @@ OUTSIDE_EVENTS = [
     "stray claim",
     "stray claim",
     "crash web process",
+    "launcher status fails",
     "requestbuild",
     "operator cancels",
     "build by hand",
@@ -83,7 +98,10 @@ PHASES = [hypothesis.Phase.generate] + (
 )
 
 BUILD_TIMEOUT = 3_600
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 2  # low, so that runs of failures often reach it and retries stop (then the failure is reported)
+# Liveness: once faults stop, this many steps (a process claims or succeeds, or the clock moves to the next deadline
+# and a pass runs) must leave nothing open.
+QUIESCENCE_STEPS = 200
 # A manual build's handle that no launcher can act on (the local launcher refuses another host).
 MANUAL_PROCESS = {"host": "simulated-shell.invalid", "pid": 999_999_999, "started": None}
 
@@ -181,6 +199,8 @@ class Stats:
 
     examples = 0
     steps = 0
+    quiescent = 0  # examples whose liveness check ran (every one that ended without an error)
+    most_quiescence_steps = 0
     events = Counter()
 
 
@@ -206,16 +226,20 @@ class BuildMachine(RuleBasedStateMachine):
         self.claims = []  # claims held by live build processes
         self.claimed_tokens = set()  # every token that ever got a Claim
         self.claimed = []  # (build id, token) of every Claim, for duplicate deliveries
-        self.dead = []  # claims whose process crashed: their builds stay as they are in the database
+        self.never_claim = set()  # launch tokens whose process died or hangs: it never claims (again)
         self.ran = set()  # tokens whose process rendered (at most once each)
         self.pages = {}  # slug -> [title, live]
         self.next_page = 0
 
     def teardown(self):
-        recording.reset()
-        del connection.run_on_commit[:]
-        transaction.set_rollback(True)
-        self._savepoint.__exit__(None, None, None)
+        try:
+            if sys.exc_info()[0] is None:  # the example ended without an error: now check liveness
+                self._liveness()
+        finally:
+            recording.reset()
+            del connection.run_on_commit[:]
+            transaction.set_rollback(True)
+            self._savepoint.__exit__(None, None, None)
 
     # --- Helpers ------------------------------------------------------------------------------------------------
 
@@ -384,16 +408,6 @@ class BuildMachine(RuleBasedStateMachine):
 
     # --- Launch ---------------------------------------------------------------------------------------------------
 
-    def _launch_next(self, *, dies=False):
-        """Promote and launch the queued build if it is due. ``dies``: the process dies between the launcher call
-        and recording the handle, so the build stays ``launching`` and its child may still claim it."""
-        before = self._launch_before()
-        with self._dying_after_the_launcher_call(dies) as died:
-            builds.launch_next()
-        self._check_launch(before, died=died)
-        if not died:
-            self._check_promoted()
-
     @contextlib.contextmanager
     def _dying_after_the_launcher_call(self, dies):
         """Yields a flag that is true (after the block) when the process "died" right after the launcher call."""
@@ -413,106 +427,141 @@ class BuildMachine(RuleBasedStateMachine):
         finally:
             recording.RecordingLauncher.launch = original
 
-    def _stuck(self):
-        """Builds the sweep re-queues: ``launching`` past BUILD_LAUNCH_TIMEOUT, ``launched`` past
-        BUILD_START_TIMEOUT (the launcher says the process is gone, or it still has not started)."""
-        config = get_config()
-        at = CLOCK.t
-        return list(
-            Build.objects.filter(manual=False)
-            .filter(
-                Q(state=S.LAUNCHING, launched_at__lt=at - timedelta(seconds=config.BUILD_LAUNCH_TIMEOUT))
-                | Q(state=S.LAUNCHED, launched_at__lt=at - timedelta(seconds=config.BUILD_START_TIMEOUT))
-            )
-            .values_list("pk", flat=True)
-        )
+    # --- The sweep ------------------------------------------------------------------------------------------------
 
-    def _gone(self):
-        """Running builds whose process crashed, silent for BUILD_LOST_AFTER: the launcher says "gone"."""
-        silent_since = CLOCK.t - timedelta(seconds=get_config().BUILD_LOST_AFTER)
-        return [
-            c
-            for c in self.dead
-            if Build.objects.filter(
-                pk=c.build_id, state=S.RUNNING, launch_token=c.token, heartbeat_at__lt=silent_since
-            ).exists()
-        ]
-
-    def _sweep_has_work(self):
-        if self.dropped or self._stuck() or self._gone():
-            return True
-        if Build.objects.filter(state__in=ACTIVE_STATES).exists():
-            return False
-        return Build.objects.filter(state=S.QUEUED, next_attempt_at__lte=CLOCK.t).exists()
-
-    @precondition(lambda self: self._sweep_has_work())
     @rule(data=st.data())
     def sweep(self, data):
-        """What the sweep does: attach requests whose dispatch a crash lost; re-queue a build stuck in ``launching``
-        or ``launched`` and never started (the same row, ``attempt + 1``); end a running build whose process is gone
-        (``lost``, retried, where ``builds.mark_lost`` exists; otherwise an operator cancels it); launch a queued
-        build that is due."""
-        stuck, gone = self._stuck(), self._gone()
-        kinds = (["attach lost requests"] if self.dropped else []) + (["re-queue a stuck build"] if stuck else [])
-        kinds += ["process gone"] if gone else []
-        kind = data.draw(st.sampled_from(kinds), label="sweep") if kinds else None
-        if kind == "re-queue a stuck build":
-            self._requeue(row(data.draw(st.sampled_from(stuck), label="stuck build")))
-        elif kind == "process gone":
-            self._lost(data.draw(st.sampled_from(gone), label="gone"))
-        elif kind == "attach lost requests":
-            ids = sorted(self.dropped)
-            builds.attach_requests(ids)
-            assert not BuildRequest.objects.filter(pk__in=ids, build__isnull=True).exists()
-            self.dropped.clear()
-            note("sweep attached lost requests")
-        self._launch_next(dies=data.draw(st.sampled_from([False] * 5 + [True]), label="dies after the launcher call"))
+        """Passes of the real sweep (``publisher.sweep.sweep``) at the current clock: one, or two back to back (two
+        workers, or a worker and a Scheduler job). Now and then the worker dies right after the launcher call."""
+        for _ in range(data.draw(st.sampled_from([1, 1, 1, 2]), label="passes")):
+            self._sweep_pass(
+                dies=data.draw(st.sampled_from([False] * 5 + [True]), label="dies after the launcher call")
+            )
 
-    def _lost(self, claim):
-        mark_lost = getattr(builds, "mark_lost", None)
-        if mark_lost is None or claim.manual:
-            assert builds.cancel(claim.build_id, by="ops").kind == "cancelled"
-            note("operator cancelled a build whose process died")
-            return
+    def _sweep_pass(self, *, dies=False):
+        """One pass; checks that it did to the active build what the sweep's rules say (issue 5), left ended builds
+        alone, attached every request past the grace, and launched at most once, as ``launch_next`` does."""
+        config = get_config()
+        at = CLOCK.t + Clock.TICK  # the pass reads the clock once, first
+        ended = dict(Build.objects.exclude(state__in=OPEN_STATES).values_list("pk", "state"))
+        active = Build.objects.filter(state__in=ACTIVE_STATES).values(*SWEPT_FIELDS).first()
+        expect = self._sweep_expectation(active, at, config) if active else None
+        grace = at - timedelta(seconds=the_sweep.UNATTACHED_GRACE)
+        old = set(BuildRequest.objects.filter(build__isnull=True, created_at__lte=grace).values_list("pk", flat=True))
+        stops = len(recording.stops)
         known = set(BuildRequest.objects.values_list("pk", flat=True))
-        assert mark_lost(claim.build_id, token=claim.token, reason="No heartbeat and the process is gone")
+        launch = self._launch_before()
+        with self._dying_after_the_launcher_call(dies) as died:
+            the_sweep.sweep()
         self._note_new_requests(known)
-        after = row(claim.build_id)
-        retried = BuildRequest.objects.filter(retry_of_id=claim.build_id).exists()
-        assert after["state"] == S.LOST and after["error"] and (retried or after["failure_reported_at"])
-        note("sweep marked a build lost" + ("" if retried else ", retries stopped"))
-
-    def _requeue(self, build):
-        requests = set(BuildRequest.objects.filter(build_id=build["pk"]).values_list("pk", flat=True))
-        assert builds.requeue(
-            build["pk"], token=build["launch_token"], error="Launched, but it never started", expected=(build["state"],)
+        assert dict(Build.objects.filter(pk__in=ended).values_list("pk", "state")) == ended, (
+            "a pass changed an ended build"
         )
-        after = row(build["pk"])
+        assert not BuildRequest.objects.filter(pk__in=old, build__isnull=True).exists(), "a pass left an old request"
+        if old:
+            self.dropped -= old
+            note("sweep attached lost requests")
+        if active:
+            self._check_swept(active, expect, at, recording.stops[stops:], launch["queued"])
+        self._check_launch(launch, died=died)
+        if not died:
+            self._check_promoted()
+
+    def _status_seen(self, build):
+        """What the pass will hear about ``build``'s process: the recording launcher's word ("running" unless the
+        model made it "gone"); "unknown" without a handle, for a build by hand on another host, or when the status
+        call is armed to fail."""
+        if not build["handle"] or build["manual"] or recording.failures["status"]:
+            return UNKNOWN
+        return recording.statuses.get(build["handle"]["id"], RUNNING)
+
+    def _sweep_expectation(self, build, at, config):
+        """What a pass at ``at`` must do to the active ``build`` (the sweep's rules 3, 4, 5 and 7 of issue 5)."""
+        since_launch = (at - build["launched_at"]).total_seconds()
+        if build["state"] == S.LAUNCHING:
+            return "requeue" if since_launch > config.BUILD_LAUNCH_TIMEOUT else "leave"
+        if build["state"] == S.LAUNCHED:
+            if since_launch <= config.BUILD_START_TIMEOUT:
+                return "leave"
+            status = self._status_seen(build)
+            if status == GONE:
+                return "requeue"
+            if status in (STARTING, RUNNING) and since_launch > 2 * config.BUILD_START_TIMEOUT:
+                return "requeue and stop"
+            return "leave"
+        if since_launch > config.BUILD_TIMEOUT:
+            return "time out"
+        silent = (at - build["heartbeat_at"]).total_seconds()
+        if silent > config.BUILD_LOST_AFTER and self._status_seen(build) == GONE:
+            return "lost"
+        return "leave"  # healthy, a stall (reported), or its process unknown (logged)
+
+    def _check_swept(self, before, expect, at, stopped, queued):
+        pk = before["pk"]
+        after = row(pk)
+        requests = set(BuildRequest.objects.filter(build_id=pk).values_list("pk", flat=True))
+        if expect == "leave":
+            assert after["state"] == before["state"] and after["launch_token"] == before["launch_token"], (
+                f"a pass ended build #{pk} ({before['state']}) that its rules leave alone: {after}"
+            )
+            return
+        if expect == "time out":
+            assert after["state"] == S.FAILED and after["error"].startswith("Timed out"), after
+            assert after["failure_reported_at"], "a build timed out by the sweep was not reported"
+            assert before["manual"] or not before["handle"] or before["handle"] in stopped, "a timed out build runs on"
+            note("sweep timed out a build")
+            return
+        if expect == "lost":
+            assert after["state"] == S.LOST and "gone" in after["error"], after
+            retried = BuildRequest.objects.filter(retry_of_id=pk).exists()
+            assert retried or after["failure_reported_at"], "a lost build was neither retried nor reported"
+            note("sweep marked a build lost" + ("" if retried else ", retries stopped"))
+            return
+        assert expect in ("requeue", "requeue and stop")
+        if expect == "requeue and stop":
+            assert before["handle"] in stopped, "a launched process that never started was not stopped"
         if after["state"] == S.QUEUED:
-            assert after["attempt"] == build["attempt"] + 1 and after["launch_token"] == "" and after["error"]
-            assert set(BuildRequest.objects.filter(build_id=build["pk"]).values_list("pk", flat=True)) == requests
-            note(f"sweep re-queued a {build['state']} build")
+            assert after["attempt"] == before["attempt"] + 1 and after["launch_token"] == "" and after["error"]
+            assert after["next_attempt_at"] > at, "a re-queued build is due at once, with no backoff"
+            note(f"sweep re-queued a {before['state']} build" + (", stopped" if expect == "requeue and stop" else ""))
         else:  # another build was queued meanwhile: this one ended and handed its requests over
-            assert after["state"] == S.FAILED and "moved" in after["error"]
-            queued = Build.objects.get(state=S.QUEUED)
-            assert requests <= set(queued.requests.values_list("pk", flat=True))
+            assert after["state"] == S.FAILED and "moved" in after["error"] and not requests, after
             note("sweep re-queue handed requests to the queued build")
+        assert queued is None or after["state"] == S.FAILED, "a re-queue made a second queued build"
 
     # --- Build processes ------------------------------------------------------------------------------------------
 
     def _claimable(self):
         """Recorded launches whose build still waits for exactly that process (``launching``/``launched``)."""
         waiting = dict(Build.objects.filter(state__in=(S.LAUNCHING, S.LAUNCHED)).values_list("pk", "launch_token"))
-        return [x for x in recording.launches if waiting.get(x["build_id"]) == x["token"]]
+        return [
+            x
+            for x in recording.launches
+            if waiting.get(x["build_id"]) == x["token"] and x["token"] not in self.never_claim
+        ]
+
+    def _process_ends(self, token, status=GONE):
+        """The process of a launch dies (the launcher says "gone" for its handle from now on), or hangs before its
+        claim ("starting"). A build by hand runs on another host: the sweep hears "unknown" for it and waits for
+        BUILD_TIMEOUT."""
+        self.never_claim.add(token)
+        for launch in recording.launches:
+            if launch["token"] == token:
+                recording.statuses[launch["handle"]["id"]] = status
 
     @precondition(lambda self: self._claimable())
     @rule(data=st.data())
     def claim(self, data):
         """The process of a launch that its build still waits for starts and claims with its id and token. Now and
         then an orphan of an earlier attempt (an old token) tries the same build first, or the platform starts the
-        same process twice right after: both are refused."""
+        same process twice right after: both are refused. Or the process never claims: it dies before (the launcher
+        says "gone"), or hangs starting (the launcher says "starting" until the sweep stops it)."""
         launch = data.draw(st.sampled_from(self._claimable()), label="launch")
-        race = data.draw(st.sampled_from(["none", "none", "orphan first", "duplicate after"]), label="race")
+        race = data.draw(st.sampled_from(CLAIM_RACES), label="race")
+        if race in ("dies before its claim", "hangs starting"):
+            self._process_ends(launch["token"], GONE if race == "dies before its claim" else STARTING)
+            note(f"launched process {race}")
+            return
         if race == "orphan first":
             self._claim(launch["build_id"], "token-of-an-earlier-attempt", must_refuse=True)
             note("stray claim refused: orphan racing the launched process")
@@ -525,7 +574,11 @@ class BuildMachine(RuleBasedStateMachine):
         """A process that must not build claims: a duplicate start of a claimed one, an orphan whose build was
         re-queued or cancelled meanwhile, or one with a forged token."""
         claimable = self._claimable()
-        stale = [x for x in recording.launches if x["token"] not in self.claimed_tokens and x not in claimable]
+        stale = [
+            x
+            for x in recording.launches
+            if x["token"] not in self.claimed_tokens | self.never_claim and x not in claimable
+        ]
         kinds = (["duplicate"] if self.claimed else []) + (["stale"] if stale else []) + ["forged"]
         kind = data.draw(st.sampled_from(kinds), label="stray claim")
         if kind == "duplicate":
@@ -550,7 +603,7 @@ class BuildMachine(RuleBasedStateMachine):
             return
         self.claims.remove(claim)  # the process ends with this step
         if step == "crash":
-            self.dead.append(claim)
+            self._process_ends(claim.token)
             note("build process crashed")
             return
         assert claim.token not in self.ran, "a build rendered twice for one claim"
@@ -662,18 +715,24 @@ class BuildMachine(RuleBasedStateMachine):
 
     @rule(event=st.sampled_from(OUTSIDE_EVENTS), data=st.data())
     def outside_event(self, event, data):
-        """Time passes; the launcher's next call will fail; a process that must not build claims; a web process
-        dies with dispatches pending; ``requestbuild``; an operator cancels a build or builds by hand. (One rule,
-        so that these stay rarer than the publish → dispatch → launch → claim → build flow.)"""
+        """Time passes; the launcher's next launch or status call will fail; a process that must not build claims;
+        a web process dies with dispatches pending; ``requestbuild``; an
+        operator cancels a build or builds by hand. (One rule, so that these stay rarer than the publish → dispatch
+        → launch → claim → build flow.)"""
         if event == "crash web process" and not self.pending:
             event = "advance clock"
         if event == "launch will fail" and len(recording.failures["launch"]) >= 2:
+            event = "advance clock"
+        if event == "launcher status fails" and len(recording.failures["status"]) >= 2:
             event = "advance clock"
         if event == "advance clock":
             CLOCK.advance(data.draw(st.sampled_from([1, 5, 30, 61, 120, 301, 900, 1800]), label="seconds"))
         elif event == "launch will fail":
             kind = data.draw(st.sampled_from(["unavailable", "dyno_limit", "bad_key", "no_app"]), label="error")
             recording.fail_next(launch_error(kind))
+        elif event == "launcher status fails":
+            recording.fail_next(LaunchError("Heroku API timed out", retryable=True), on="status")
+            note("launcher status will fail")
         elif event == "crash web process":
             self._crash_web_process(data)
         elif event == "requestbuild":
@@ -745,6 +804,9 @@ class BuildMachine(RuleBasedStateMachine):
     @invariant()
     def safety(self):
         Stats.steps += 1
+        self._check_safety()
+
+    def _check_safety(self):
         all_builds = {
             b["pk"]: b
             for b in Build.objects.values(
@@ -793,6 +855,122 @@ class BuildMachine(RuleBasedStateMachine):
         }
         assert pages == self.pages, "a content change was rolled back or altered"
 
+    # --- Liveness (issue 5) ---------------------------------------------------------------------------------------
+
+    def _liveness(self):
+        """Faults stop (no launch or status call fails, no process crashes, no web process dies): the web processes
+        run the dispatches they hold, every live build process claims and succeeds, and otherwise the clock moves to
+        the next deadline (grace, backoff, launch, start, heartbeat or build timeout) and a sweep pass runs. Within
+        QUIESCENCE_STEPS steps nothing may be left open, and every request must have ended well."""
+        for armed in recording.failures.values():
+            armed.clear()
+        while self.pending:
+            _request_id, callback = self.pending.pop(0)
+            before = self._launch_before()
+            callback()
+            self._check_all_attached()
+            self._check_launch(before)
+            self._check_promoted()
+            self._check_safety()
+        for steps in range(1, QUIESCENCE_STEPS + 1):  # noqa: B007 (how many it took is kept below)
+            claimable = self._claimable()
+            if self.claims:
+                claim = self.claims.pop(0)
+                assert claim.token not in self.ran, "a build rendered twice for one claim"
+                self.ran.add(claim.token)
+                self._succeed(claim)
+            elif claimable:
+                self._claim(claimable[0]["build_id"], claimable[0]["token"])
+            elif self._quiescent():
+                break
+            else:
+                self._advance_to_next_deadline()
+                self._sweep_pass()
+            self._check_safety()
+        else:
+            still_open = [row(pk) for pk in Build.objects.filter(state__in=OPEN_STATES).values_list("pk", flat=True)]
+            unattached = list(BuildRequest.objects.filter(build__isnull=True).values("pk", "created_at"))
+            raise AssertionError(
+                f"not quiescent {QUIESCENCE_STEPS} steps after the faults stopped (clock {CLOCK.t:%Y-%m-%d %H:%M:%S}): "
+                f"open builds {still_open}, unattached requests {unattached}"
+            )
+        Stats.quiescent += 1
+        Stats.most_quiescence_steps = max(Stats.most_quiescence_steps, steps)
+        self._check_every_request_ended_well()
+
+    def _quiescent(self):
+        return (
+            not Build.objects.filter(state__in=OPEN_STATES).exists()
+            and not BuildRequest.objects.filter(build__isnull=True).exists()
+        )
+
+    def _advance_to_next_deadline(self):
+        """Move the clock 1 s past the next moment at which a pass has something to do (or a minute, the schedule's
+        interval, when no deadline lies ahead)."""
+        config = get_config()
+        deadlines = [
+            created + timedelta(seconds=the_sweep.UNATTACHED_GRACE)
+            for created in BuildRequest.objects.filter(build__isnull=True).values_list("created_at", flat=True)
+        ]
+        for build in Build.objects.filter(state__in=OPEN_STATES).values(
+            "state", "launched_at", "heartbeat_at", "next_attempt_at"
+        ):
+            launched, state = build["launched_at"], build["state"]
+            if state == S.QUEUED:
+                deadlines.append(build["next_attempt_at"])
+            elif state == S.LAUNCHING:
+                deadlines.append(launched + timedelta(seconds=config.BUILD_LAUNCH_TIMEOUT))
+            elif state == S.LAUNCHED:
+                deadlines += [launched + timedelta(seconds=n * config.BUILD_START_TIMEOUT) for n in (1, 2)]
+            else:
+                deadlines.append(build["heartbeat_at"] + timedelta(seconds=config.BUILD_LOST_AFTER))
+                deadlines.append(launched + timedelta(seconds=config.BUILD_TIMEOUT))
+        ahead = [d for d in deadlines if d is not None and d >= CLOCK.t]
+        if ahead:
+            CLOCK.advance_to(min(ahead) + timedelta(seconds=1))
+        else:
+            CLOCK.advance(60)
+
+    def _check_every_request_ended_well(self):
+        """Every request is attached to a build that succeeded after it committed, or whose failure was reported, or
+        that an operator cancelled (or a person stopped at the shell), or that was retried by a request which itself
+        ended well (``BuildRequest.retry_of``)."""
+        all_builds = {
+            b["pk"]: b for b in Build.objects.values("pk", "state", "started_at", "error", "failure_reported_at")
+        }
+        requests = {r["pk"]: r for r in BuildRequest.objects.values("pk", "created_at", "build_id")}
+        retries = {}
+        for pk, retry_of in BuildRequest.objects.filter(retry_of__isnull=False).values_list("pk", "retry_of_id"):
+            retries.setdefault(retry_of, []).append(pk)
+
+        def story(request_id, seen):
+            """(ended well, how) for one request, following retries."""
+            request = requests[request_id]
+            build = all_builds[request["build_id"]]
+            how = f"request #{request_id} → build #{build['pk']} {build['state']}"
+            if build["state"] == S.SUCCEEDED:
+                return build["started_at"] >= request["created_at"], how
+            if build["state"] == S.CANCELLED:
+                return build["error"] in ("Cancelled by ops", "Stopped at the shell"), f"{how} ({build['error']})"
+            assert build["state"] in (S.FAILED, S.LOST), f"{how}: still open after quiescence"
+            if build["failure_reported_at"]:
+                return True, f"{how}, reported"
+            told = [f"{how} ({build['error']}), not reported"]
+            for retry in retries.get(build["pk"], []):
+                if retry in seen:
+                    continue
+                ok, then = story(retry, seen | {retry})
+                told.append(f"retried by {then}")
+                if ok:
+                    return True, ", ".join(told)
+            if len(told) == 1:
+                told.append("never retried")
+            return False, ", ".join(told)
+
+        for request_id in sorted(requests):
+            ok, how = story(request_id, {request_id})
+            assert ok, f"once faults stopped, a request did not end well: {how}"
+
 
 @pytest.mark.django_db
 @pytest.mark.postgres
@@ -809,7 +987,7 @@ def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, cap
 
     # Shrinking a failure must end well inside pytest-timeout's 300 s, so that the minimal sequence gets printed.
     monkeypatch.setattr(hypothesis.internal.conjecture.engine, "MAX_SHRINKING_SECONDS", 120, raising=False)
-    Stats.examples = Stats.steps = 0
+    Stats.examples = Stats.steps = Stats.quiescent = Stats.most_quiescence_steps = 0
     Stats.events.clear()
     started = time.monotonic()
     run_state_machine_as_test(
@@ -828,12 +1006,14 @@ def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, cap
     with capsys.disabled():
         print(
             f"build state machine: {Stats.examples} examples, {steps} steps in {time.monotonic() - started:.1f}s "
-            f"on {connection.vendor} (seed {seed})",
+            f"on {connection.vendor} (seed {seed}); liveness checked in {Stats.quiescent} examples, quiescent "
+            f"within {Stats.most_quiescence_steps} steps",
             file=sys.stderr,
         )
         print("  " + ", ".join(f"{name}: {count}" for name, count in sorted(Stats.events.items())), file=sys.stderr)
     if EXAMPLES * STEPS >= MIN_STEPS_PER_RUN:
         assert steps >= MIN_STEPS_PER_RUN
+    assert Stats.quiescent >= Stats.examples // 2, "the liveness check ran in too few examples"
 
 
 @pytest.mark.django_db
