@@ -271,3 +271,13 @@ def print_machine(info):
         f"SQLite {info['sqlite']}  ({info['platform']})"
     )
     print(f"load average (1, 5, 15 min) at the end: {info['load']}")
+
+
+def choose_backends(spec):
+    """The backends asked for (``sqlite,postgres``), without PostgreSQL when its binaries are missing; and its bin."""
+    backends = [b.strip() for b in spec.split(",") if b.strip()]
+    pg_bin = find_pg_bin() if "postgres" in backends else None
+    if "postgres" in backends and pg_bin is None:
+        print("PostgreSQL binaries not found (initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin): SQLite only.")
+        backends.remove("postgres")
+    return backends, pg_bin

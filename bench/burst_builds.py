@@ -241,11 +241,7 @@ def main():
         return 0
 
     benchlib.exit_cleanly_on_sigterm()
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    pg_bin = benchlib.find_pg_bin() if "postgres" in backends else None
-    if "postgres" in backends and pg_bin is None:
-        print("PostgreSQL binaries not found (initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin): SQLite only.")
-        backends.remove("postgres")
+    backends, pg_bin = benchlib.choose_backends(args.backends)
     workdir = Path(tempfile.mkdtemp(prefix="bench-burst-"))
     results, pg_version = {}, None
 

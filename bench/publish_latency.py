@@ -221,11 +221,7 @@ def main():
         return 0
 
     benchlib.exit_cleanly_on_sigterm()
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    pg_bin = benchlib.find_pg_bin() if "postgres" in backends else None
-    if "postgres" in backends and pg_bin is None:
-        print("PostgreSQL binaries not found (initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin): SQLite only.")
-        backends.remove("postgres")
+    backends, pg_bin = benchlib.choose_backends(args.backends)
     worker_args = [SCRIPT, "--worker", "--publishes", str(args.publishes), "--warmup", str(args.warmup)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     results, pg_version = {}, None
