@@ -141,13 +141,13 @@ def attach_requests(request_ids=None):
     waiting = BuildRequest.objects.filter(build__isnull=True)
     if request_ids is not None:
         waiting = waiting.filter(pk__in=request_ids)
-    if not waiting.exists():
+    has_new_work = waiting.filter(retry_of__isnull=True).exists()  # a publish: one query on the hot path
+    if not has_new_work and not waiting.exists():
         return None
     for _ in range(5):
         target, outcome = _attach_target()
         if target is None:
             continue  # lost a race creating the queued build: look again
-        has_new_work = waiting.filter(retry_of__isnull=True).exists()
         waiting.update(build_id=target)
         if has_new_work:
             # A publish does not wait out the backoff of an automatic retry (launch failures keep theirs).
@@ -399,7 +399,7 @@ def interrupted(claim, *, timeout_seconds):
         return Outcome("cancelled", f"Build #{claim.build_id} was stopped at the shell", claim.build_id, ok=False)
     launched = claim.launched_at
     if launched and (now() - launched).total_seconds() >= timeout_seconds:
-        error = f"Timed out: running longer than BUILD_TIMEOUT ({timeout_seconds}s)"
+        error = timeout_error(timeout_seconds)
         if finish(claim, state=S.FAILED, error=error):
             report_failure(claim.build_id, f"Build #{claim.build_id} was stopped: {error}. It is not retried.")
         return Outcome("timeout", f"Build #{claim.build_id} timed out", claim.build_id, ok=False)
@@ -408,6 +408,10 @@ def interrupted(claim, *, timeout_seconds):
         return Outcome("ended_elsewhere", f"Build #{claim.build_id} was already {state}", claim.build_id, ok=False)
     retry_after_failure(claim.build_id)
     return Outcome("interrupted", f"Build #{claim.build_id} was interrupted", claim.build_id, ok=False)
+
+
+def timeout_error(seconds):
+    return f"Timed out: running longer than BUILD_TIMEOUT ({seconds}s) from launch"
 
 
 def retry_after_failure(build_id):
@@ -503,7 +507,7 @@ def mark_lost(build_id, *, token, reason):
 def time_out(build_id, *, token, timeout_seconds):
     """A build running longer than ``BUILD_TIMEOUT`` from launch: ``failed`` first, then its process is stopped.
     Not retried; reported."""
-    error = f"Timed out: running longer than BUILD_TIMEOUT ({timeout_seconds}s) from launch"
+    error = timeout_error(timeout_seconds)
     build = Build.objects.filter(pk=build_id).values("handle", "manual").first()
     ended = Build.objects.filter(pk=build_id, state=S.RUNNING, launch_token=token).update(
         state=S.FAILED, finished_at=now(), error=error

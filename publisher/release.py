@@ -33,7 +33,7 @@ class ReleaseError(Exception):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Released:
     name: str
     pages: int
     went_live: bool
@@ -147,7 +147,7 @@ class Release:
 
 
 def build_release(config, *, build_id, attempt, progress, before_switch=None):
-    """Render the whole site into a new release and make it live. Returns an ``Outcome``.
+    """Render the whole site into a new release and make it live. Returns a ``Released``.
 
     ``progress`` receives ``start(total)`` and ``advance(done)``; it may raise to stop the build.
     ``before_switch()`` runs after rendering and before going live (the build's last fencing check).
@@ -170,7 +170,7 @@ def build_release(config, *, build_id, attempt, progress, before_switch=None):
             release.abort()
         raise
     logger.info("Release %s: %d pages, %s", release.name, pages, "live" if went_live else "kept (newer one is live)")
-    return Outcome(name=release.name, pages=pages, went_live=went_live)
+    return Released(name=release.name, pages=pages, went_live=went_live)
 
 
 def _fsync_dir(path):
