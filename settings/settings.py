@@ -43,7 +43,7 @@ CSRF_TRUSTED_ORIGINS = env.strings(
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "publisher.apps.PublisherAdminConfig",  # django.contrib.admin with publisher.sites.PublisherAdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
