@@ -4,11 +4,16 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models, transaction
+from django.db.models.functions import Length
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 
 from . import signals
 
-SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+# `\Z`, not `$`: in Python (and so in SQLite's REGEXP) `$` also matches before a final newline. PostgreSQL reads
+# `\Z` the same way, so the validators and the check constraint below hold one rule.
+SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z"
+SLUG_MAX_LENGTH = 100
 # Names the build writes at the top level of a release (DESIGN §5), and a few it may write later.
 RESERVED_SLUGS = frozenset(
     {
@@ -48,7 +53,7 @@ def validate_not_reserved(value):
 class Page(models.Model):
     title = models.CharField(max_length=200)
     slug = models.CharField(
-        max_length=100,
+        max_length=SLUG_MAX_LENGTH,
         unique=True,
         validators=[slug_format, validate_not_reserved],
         help_text="The page's address on the site: lowercase letters, digits and hyphens, at most 100 characters.",
@@ -62,6 +67,17 @@ class Page(models.Model):
     class Meta:
         ordering = ["slug"]
         permissions = [("publish_page", "Can publish and unpublish pages")]
+        constraints = [
+            # The slug rules again in the database, so writes that skip save() (update(), bulk_create, raw SQL)
+            # cannot store a slug the build would write outside its folder. SQLite: Django's REGEXP function.
+            models.CheckConstraint(
+                condition=models.Q(slug__regex=SLUG_PATTERN)
+                & ~models.Q(slug__in=sorted(RESERVED_SLUGS))
+                & models.Q(LessThanOrEqual(Length("slug"), SLUG_MAX_LENGTH)),
+                name="publisher_page_slug_valid",
+                violation_error_message="The slug breaks the slug rules.",
+            ),
+        ]
 
     def __str__(self):
         return self.title
@@ -72,8 +88,10 @@ class Page(models.Model):
         """Save, and send the one page signal that this change means for the live site (if any).
 
         The signal is sent inside the same transaction as the row change, so what its receivers write commits
-        with the content or not at all.
+        with the content or not at all. Title, slug and body are validated first (``ValidationError``).
         """
+        written = kwargs.get("update_fields")
+        self.validate_content(fields=CONTENT_FIELDS if written is None else [f for f in CONTENT_FIELDS if f in written])
         with transaction.atomic():
             before = None
             if self.pk is not None and not self._state.adding:
@@ -101,6 +119,10 @@ class Page(models.Model):
             return signals.page_changed
         return None
 
+    def validate_content(self, *, fields=CONTENT_FIELDS):
+        """Raise ``ValidationError`` (the form's messages) unless ``fields`` keep their rules. No queries."""
+        self.clean_fields(exclude={f.name for f in self._meta.fields if f.name not in fields})
+
     def has_unsaved_changes(self):
         if self.pk is None:
             return True
@@ -109,6 +131,7 @@ class Page(models.Model):
 
     def publish(self, *, by=None):
         """Make the page (with any unsaved edits) live. Returns False when there was nothing to do."""
+        self.validate_content()  # before the page is marked live: a refused publish leaves it a draft
         if self.is_published and not self.has_unsaved_changes():
             return False
         self.is_published = True

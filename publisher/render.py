@@ -2,11 +2,15 @@
 
 Pages stream from one query (``.iterator()``), ordered by slug, so memory stays flat however many pages there
 are: the index and the sitemap are written as the pages go by, from the same rows, and therefore agree with them.
+Each page goes only into its own folder of the release (``page_path``); a slug that would lead elsewhere fails the
+build with a ``RenderError`` that names the page.
 """
 
+import os
 from pathlib import Path
 
 from django.contrib.staticfiles import finders
+from django.core.exceptions import ValidationError
 from django.template.loader import get_template
 
 from .models import Page
@@ -15,6 +19,30 @@ INDEX_PAGE_SIZE = 100
 SITEMAP_MAX_URLS = 50_000
 SITEMAP_RENDER_CHUNK = 1_000
 STYLESHEET = "publisher/site.css"
+
+
+class RenderError(Exception):
+    """The site cannot be rendered as stored; the build fails with this message and the live site is unchanged."""
+
+
+def page_path(directory, slug, *, page_id):
+    """The file page ``page_id`` is written to: ``<directory>/<slug>/index.html``.
+
+    Raises ``RenderError`` unless the slug keeps the slug rules (the model's validators) and names one folder
+    directly inside ``directory``. The database refuses such slugs too; this is the last line before a write.
+    """
+    root = Path(os.path.abspath(directory))
+    folder = Path(os.path.normpath(root / slug))  # lexical: ".." and absolute slugs resolved without the disk
+    if folder.parent != root:
+        problem = f"would write {folder / 'index.html'}, not a folder of its own inside the release {root}."
+    else:
+        try:
+            Page._meta.get_field("slug").clean(slug, None)
+        except ValidationError as exc:
+            problem = "breaks the slug rules: " + " ".join(exc.messages)
+        else:
+            return folder / "index.html"
+    raise RenderError(f"Page #{page_id} has the slug {slug!r}, which {problem} Fix the slug and publish again.")
 
 
 def page_url(base_url, slug=""):
@@ -124,7 +152,7 @@ def render_site(directory, *, base_url, progress):
     sitemap.add(page_url(base_url))
     done = 0
     for page in pages.iterator(chunk_size=2000):
-        _write(directory / page.slug / "index.html", page_template.render({"page": page, "root": "../"}))
+        _write(page_path(directory, page.slug, page_id=page.pk), page_template.render({"page": page, "root": "../"}))
         index.add(page.slug, page.title)
         sitemap.add(page_url(base_url, page.slug), page.updated_at)
         done += 1

@@ -4,12 +4,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from publisher import render
 from publisher.conf import get_config
-from publisher.models import Page
+from publisher.models import Build, Page
 from publisher.progress import Progress
 from publisher.release import SiteRoot, build_release
 
@@ -225,3 +226,69 @@ def test_dev_server_serves_the_live_site_only_with_debug(site_root, client, sett
 
 def test_site_root_path_resolution():
     assert Path(get_config().SITE_ROOT).is_absolute()
+
+
+# --- A page is written only inside its own folder of the release (DESIGN §2, §5) -------------------------------
+
+HOSTILE_SLUGS = ["..", "../x", "../../../x", "/abs", "a/b", "", ".", "index", "sitemap", "x" * 101, "a\x00b", "A"]
+
+
+@pytest.mark.parametrize("slug", HOSTILE_SLUGS)
+def test_page_path_refuses_slugs_that_leave_the_page_folder_or_break_the_rules(slug, tmp_path):
+    with pytest.raises(render.RenderError) as info:
+        render.page_path(tmp_path / "release", slug, page_id=12)
+    assert str(info.value).startswith(f"Page #12 has the slug {slug!r}, which ")
+    assert "Fix the slug" in str(info.value)
+
+
+@pytest.mark.parametrize("slug", ["../x", "/abs", "a/b", "..", ""])
+def test_page_path_says_where_an_escaping_slug_would_write(slug, tmp_path):
+    with pytest.raises(render.RenderError, match="not a folder of its own inside the release"):
+        render.page_path(tmp_path / "release", slug, page_id=3)
+
+
+def test_page_path_of_a_good_slug(tmp_path):
+    assert render.page_path(tmp_path / "release", "about-us", page_id=1) == tmp_path / "release/about-us/index.html"
+    assert render.page_path(tmp_path / "release", "x" * 100, page_id=1).parent.name == "x" * 100
+
+
+class StoredPages(list):
+    """Pages as ``published_pages()`` hands them over, for rows the database would no longer accept."""
+
+    def count(self):
+        return len(self)
+
+    def iterator(self, chunk_size=None):
+        return iter(self)
+
+
+def test_a_build_that_meets_a_hostile_slug_fails_and_writes_nothing_outside(site_root, tmp_path, monkeypatch):
+    publish("hello")
+    first = build(build_id=1)
+    now = timezone.now()
+    hostile = [Page(pk=12, slug="../../../escaped", title="x", body="x", updated_at=now)]
+    monkeypatch.setattr(render, "published_pages", lambda: StoredPages([Page.objects.get(), *hostile]))
+    with pytest.raises(render.RenderError, match=r"^Page #12 has the slug '\.\./\.\./\.\./escaped', which "):
+        build(build_id=2)
+    assert not (tmp_path / "escaped").exists() and not (site_root / "escaped").exists()
+    assert os.listdir(site_root / "releases") == [first.name]
+    assert SiteRoot(site_root).live_name() == first.name
+
+
+def test_the_build_records_why_it_refused(site_root, monkeypatch):
+    hostile = StoredPages([Page(pk=12, slug="/abs", title="x", body="x", updated_at=timezone.now())])
+    monkeypatch.setattr(render, "published_pages", lambda: hostile)
+    with pytest.raises(CommandError, match="RenderError: Page #12 has the slug '/abs', which "):
+        call_command("buildstaticsite")
+    assert Build.objects.get().error.startswith("RenderError: Page #12 has the slug '/abs', which ")
+
+
+def test_the_python_api_cannot_publish_a_page_outside_site_root(site_root, tmp_path):
+    for slug in ("../../../escaped", str(tmp_path / "absolute"), "index"):
+        with pytest.raises(ValidationError):
+            Page.objects.create(slug=slug, title="x").publish()
+    publish("hello")
+    build()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    assert sorted(p.name for p in live(site_root).iterdir() if p.is_dir()) == ["hello", "static"]
+    assert (live(site_root) / "index.html").read_text().count('<li><a href="') == 1
