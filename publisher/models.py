@@ -2,7 +2,7 @@ import re
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models, transaction
 from django.db.models.functions import Length
 from django.db.models.lookups import LessThanOrEqual
@@ -14,6 +14,9 @@ from . import signals
 # `\Z` the same way, so the validators and the check constraint below hold one rule.
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z"
 SLUG_MAX_LENGTH = 100
+# Characters in a page body: far more than any page needs, and a form post of it (settings.py,
+# DATA_UPLOAD_MAX_MEMORY_SIZE) still reaches the form, so a longer body gets a message instead of a bare 400.
+BODY_MAX_LENGTH = 1_000_000
 # Names the build writes at the top level of a release (DESIGN §5), and a few it may write later.
 RESERVED_SLUGS = frozenset(
     {
@@ -50,6 +53,31 @@ def validate_not_reserved(value):
         )
 
 
+class BodyLengthValidator(MaxLengthValidator):
+    """At most ``limit_value`` characters, said with both numbers written out: "The body is 1,200,000 ..."."""
+
+    message = "The body is %(length)s characters; the limit is %(limit)s."
+    code = "body_too_long"
+
+    def __call__(self, value):
+        if len(value) > self.limit_value:
+            params = {"length": f"{len(value):,}", "limit": f"{self.limit_value:,}"}
+            raise ValidationError(self.message, code=self.code, params=params)
+
+
+class LimitedTextField(models.TextField):
+    """A ``TextField`` whose form leaves the ``max_length`` check to the model's validators.
+
+    ``max_length`` still gives the textarea its ``maxlength``; the form field's generic check ("Ensure this value
+    has at most 1000000 characters") is dropped, so the message editors see is the model's.
+    """
+
+    def formfield(self, **kwargs):
+        field = super().formfield(**kwargs)
+        field.validators = [v for v in field.validators if type(v) is not MaxLengthValidator]
+        return field
+
+
 class Page(models.Model):
     title = models.CharField(max_length=200)
     slug = models.CharField(
@@ -58,7 +86,12 @@ class Page(models.Model):
         validators=[slug_format, validate_not_reserved],
         help_text="The page's address on the site: lowercase letters, digits and hyphens, at most 100 characters.",
     )
-    body = models.TextField(blank=True, help_text="Plain text; blank lines separate paragraphs.")
+    body = LimitedTextField(
+        blank=True,
+        max_length=BODY_MAX_LENGTH,
+        validators=[BodyLengthValidator(BODY_MAX_LENGTH)],
+        help_text="Plain text; blank lines separate paragraphs. At most 1,000,000 characters.",
+    )
     is_published = models.BooleanField("published", default=False, editable=False, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -121,6 +121,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# Above any page form post: a 1,000,000-character body percent-encoded takes up to 12 MB (4-byte characters).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 16 * 1024 * 1024
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -1,6 +1,9 @@
+from urllib.parse import urlencode
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
+from django.utils.html import escape
 
 from publisher import signals
 from publisher.models import Page
@@ -185,3 +188,44 @@ def test_build_history_and_cancel(admin_client):
     response = admin_client.post(changelist, {"action": "cancel_selected", "_selected_action": [b.pk]}, follow=True)
     assert f"Build #{b.pk} cancelled" in response.content.decode()
     assert Build.objects.get().state == "cancelled"
+
+
+# --- A body over the limit is a form error, not a bare 400, and the editor's text survives ---------------------
+
+
+def post_as_a_browser(client, url, data):
+    """The page form as a browser sends it: URL-encoded (no file fields), non-ASCII percent-encoded."""
+    return client.post(url, urlencode(data), content_type="application/x-www-form-urlencoded")
+
+
+def test_a_body_over_the_limit_is_shown_back_with_the_message(admin_client, sent):
+    body = ("Grüße aus Köln — ½ € ✓\n" * 60_000)[:1_199_999] + "."  # 1.2 million characters, 3.4 MiB as sent
+    assert len(urlencode({"body": body})) > 2.5 * 2**20  # Django's default limit, which answered a bare 400
+    response = post_as_a_browser(admin_client, reverse("admin:publisher_page_add"), form(body=body, _save="1"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "The body is 1,200,000 characters; the limit is 1,000,000." in html
+    assert escape(body) in html  # the form shows the text again: nothing the editor wrote is lost
+    assert not Page.objects.exists() and sent == []
+
+
+def test_a_change_over_the_limit_keeps_the_stored_page(admin_client):
+    p = page("alpha", live=True)
+    url = reverse("admin:publisher_page_change", args=[p.pk])
+    response = post_as_a_browser(admin_client, url, form(body="y" * 1_000_001, _save="1"))
+    assert response.status_code == 200
+    assert "The body is 1,000,001 characters; the limit is 1,000,000." in response.content.decode()
+    assert Page.objects.get(pk=p.pk).body == "body"
+
+
+def test_a_body_at_the_limit_saves_even_in_four_byte_characters(admin_client):
+    """The worst case a browser sends for a body at the limit: 12 bytes a character once percent-encoded."""
+    body = "😀" * 1_000_000
+    response = post_as_a_browser(admin_client, reverse("admin:publisher_page_add"), form(body=body, _save="1"))
+    assert response.status_code == 302
+    assert Page.objects.get(slug="alpha").body == body
+
+
+def test_the_body_textarea_carries_the_limit(admin_client):
+    html = admin_client.get(reverse("admin:publisher_page_add")).content.decode()
+    assert 'maxlength="1000000"' in html

@@ -255,3 +255,17 @@ def test_the_migration_names_stored_pages_that_break_the_rules():
         executor = MigrationExecutor(connection)
         executor.migrate(after)
     assert list(Page.objects.order_by("slug").values_list("slug", flat=True)) == ["good", "outside"]
+
+
+# --- The body has a limit an editor can act on ------------------------------------------------------------------
+
+
+def test_a_body_at_the_limit_saves():
+    page = make_page(body="x" * 1_000_000)
+    assert len(Page.objects.get(pk=page.pk).body) == 1_000_000
+
+
+def test_a_body_over_the_limit_is_refused_with_the_numbers(django_assert_num_queries):
+    with django_assert_num_queries(0), pytest.raises(ValidationError) as info:
+        Page(title="t", slug="big", body="x" * 1_234_567).save()
+    assert info.value.message_dict["body"] == ["The body is 1,234,567 characters; the limit is 1,000,000."]
