@@ -4,11 +4,9 @@ A ``.env`` file in the project root is loaded first; it never overrides variable
 The app itself reads only ``settings.PUBLISHER`` (built at the bottom of this file), never the environment.
 """
 
-from email.utils import parseaddr
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
 from . import env
@@ -30,7 +28,7 @@ DEBUG = env.boolean("DEBUG", False)
 SECRET_KEY = env.string("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured(
+        raise env.ConfigurationError(
             "SECRET_KEY is not set. Set it in the environment (Heroku: heroku config:set SECRET_KEY=...) "
             "or run 'make run', which writes a development .env with DEBUG=1 and a generated key."
         )
@@ -141,8 +139,8 @@ if not DEBUG:
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- Email: failure and stall reports -------------------------------------------------------------------------
-ADMINS = [(parseaddr(item)[0] or parseaddr(item)[1], parseaddr(item)[1]) for item in env.strings("ADMINS")]
-SERVER_EMAIL = env.string("SERVER_EMAIL", "publisher@localhost")
+ADMINS = env.emails("ADMINS")
+SERVER_EMAIL = env.email("SERVER_EMAIL", "publisher@localhost")
 DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", SERVER_EMAIL)
 EMAIL_BACKEND = env.string(
     "EMAIL_BACKEND",
@@ -215,7 +213,7 @@ PUBLISHER = {
     # An unknown name is passed through as a dotted path; the app reports it (publisher.E001) if it cannot load it.
     "LAUNCHER": {"BACKEND": LAUNCHERS.get(_launcher, _launcher), "OPTIONS": _launcher_options.get(_launcher, {})},
     "SITE_ROOT": project_path(env.string("SITE_ROOT", "var/site")),
-    "SITE_URL": env.string("SITE_URL", "http://127.0.0.1:8000/site/"),
+    "SITE_URL": env.url("SITE_URL", "http://127.0.0.1:8000/site/"),
     "SITE_RELEASES_KEPT": env.integer("SITE_RELEASES_KEPT", 5),
     "LOG_DIR": VAR_DIR / "log",
     "BUILD_TIMEOUT": env.integer("BUILD_TIMEOUT", 10800),
