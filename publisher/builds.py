@@ -8,14 +8,14 @@ Functions here return an ``Outcome`` that the admin, the commands and the logs a
 """
 
 import contextvars
+import datetime
 import logging
-import os
 import secrets
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import mail_admins
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Value
@@ -23,7 +23,7 @@ from django.db.models.functions import Concat, Substr
 from django.utils import timezone
 
 from .conf import get_config
-from .launchers import LaunchError, get_launcher
+from .launchers import MANUAL, LaunchError, get_launcher
 from .models import ACTIVE_STATES, Build, BuildRequest, BuildState
 
 logger = logging.getLogger(__name__)
@@ -31,9 +31,29 @@ logger = logging.getLogger(__name__)
 S = BuildState
 
 
+#: One read of the database's clock, per vendor. SQLite runs in this process, so its clock is this machine's; a
+#: PostgreSQL server's clock is the one every web dyno, build dyno and worker shares.
+_CLOCK_SQL = {
+    "postgresql": "SELECT clock_timestamp()",
+    "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
 def now():
-    """The clock of the state machine (tests replace it)."""
-    return timezone.now()
+    """The database's clock: the time every timestamp is written with and every age is judged against (DESIGN §3).
+
+    Processes on different machines disagree about the time; they all agree with their database. Callers read it
+    once per decision. Tests replace it.
+    """
+    sql = _CLOCK_SQL.get(connection.vendor)
+    if sql is None:
+        return timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        value = cursor.fetchone()[0]
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    return value if timezone.is_aware(value) else value.replace(tzinfo=datetime.UTC)
 
 
 def new_token():
@@ -42,15 +62,25 @@ def new_token():
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a call did, for people: ``kind`` is a stable word, ``message`` a sentence."""
+    """What a call did: ``kind`` is a stable word, ``message`` one short sentence for editors, ``detail`` what an
+    operator needs besides (where it runs, the platform's error); the log and the sweep's summary show both."""
 
     kind: str
     message: str
     build_id: int | None = None
     ok: bool = True
+    detail: str = ""
 
     def __str__(self):
         return self.message
+
+    @property
+    def for_operators(self):
+        return f"{self.message} ({self.detail})" if self.detail else self.message
+
+
+def _at(moment):
+    return f"{moment:%H:%M} UTC"
 
 
 # --- Requests ----------------------------------------------------------------------------------------------------
@@ -65,8 +95,10 @@ class _Dispatch:
 
     def __call__(self):
         outcome = dispatch()
+        if outcome.kind == "idle":  # another process dispatched it first: say where it went
+            outcome = where_request_went(self.request_id) or outcome
         log = logger.info if outcome.ok else logger.warning
-        log("Request #%s: %s", self.request_id, outcome)
+        log("Request #%s: %s", self.request_id, outcome.for_operators)
         collected = _collected.get()
         if collected is not None:
             collected.append(outcome)
@@ -118,8 +150,24 @@ def request_build(reason, *, by=None):
     with transaction.atomic():
         request_id = record_request(reason, by=by, dispatch_after_commit=False)
     outcome = dispatch()
-    logger.info("Request #%s: %s", request_id, outcome)
+    if outcome.kind == "idle":
+        outcome = where_request_went(request_id) or outcome
+    logger.info("Request #%s: %s", request_id, outcome.for_operators)
     return outcome
+
+
+def where_request_went(request_id):
+    """An Outcome describing the build a request is attached to, or ``None`` (for a dispatch that found its request
+    already attached by another process)."""
+    build = Build.objects.filter(requests__pk=request_id).values("pk", "state").first()
+    if build is None:
+        return None
+    pk, state = build["pk"], build["state"]
+    if state in (S.QUEUED, S.LAUNCHING, S.LAUNCHED):
+        return Outcome("attached", f"Your change will be in build #{pk}.", pk, detail=f"is {state}")
+    if state == S.RUNNING:
+        return Outcome("attached", f"Build #{pk} is building your change.", pk)
+    return Outcome("attached", f"Your change was covered by build #{pk} ({state}).", pk, ok=state == S.SUCCEEDED)
 
 
 def dispatch():
@@ -145,37 +193,48 @@ def attach_requests(request_ids=None):
     if not has_new_work and not waiting.exists():
         return None
     for _ in range(5):
-        target, outcome = _attach_target()
+        at = now()
+        target, outcome = _attach_target(at)
         if target is None:
             continue  # lost a race creating the queued build: look again
-        waiting.update(build_id=target)
+        if not waiting.update(build_id=target):
+            return None  # another process (a concurrent sweep) attached them first, and says so itself
         if has_new_work:
             # A publish does not wait out the backoff of an automatic retry (launch failures keep theirs).
-            Build.objects.filter(pk=target, state=S.QUEUED, attempt=1, next_attempt_at__gt=now()).update(
-                next_attempt_at=now()
+            Build.objects.filter(pk=target, state=S.QUEUED, attempt=1, next_attempt_at__gt=at).update(
+                next_attempt_at=at
             )
         return outcome
     raise RuntimeError("Could not find or create a build to attach requests to after 5 attempts")
 
 
-def _attach_target():
+def _attach_target(at):
     """(build id, Outcome) for new requests, creating the queued build when needed; (None, None) on a lost race."""
     active = Build.objects.filter(state__in=ACTIVE_STATES).values("pk", "state").first()
     if active and active["state"] in (S.LAUNCHING, S.LAUNCHED):
-        return active["pk"], Outcome(
-            "attached", f"Attached to build #{active['pk']}, which has not started reading content", active["pk"]
+        pk = active["pk"]
+        return pk, Outcome(
+            "attached",
+            f"Your change will be in build #{pk}, which is starting.",
+            pk,
+            detail=f"is {active['state']} and has not read content yet: the request is attached to it",
         )
     queued = Build.objects.filter(state=S.QUEUED).values_list("pk", flat=True).first()
     if queued is None:
         try:
             with transaction.atomic():
-                queued = Build.objects.create(state=S.QUEUED, created_at=now(), next_attempt_at=now()).pk
+                queued = Build.objects.create(state=S.QUEUED, created_at=at, next_attempt_at=at).pk
         except IntegrityError:
             return None, None
         logger.info("Build #%s queued", queued)
     if active:
-        return queued, Outcome("queued", f"Queued as build #{queued} behind build #{active['pk']}", queued)
-    return queued, Outcome("queued", f"Queued as build #{queued}", queued)
+        return queued, Outcome(
+            "queued",
+            f"Your change will be in build #{queued}, which starts when build #{active['pk']} has finished.",
+            queued,
+            detail=f"queued behind build #{active['pk']}",
+        )
+    return queued, Outcome("queued", f"Your change will be in build #{queued}.", queued, detail="queued")
 
 
 # --- Launch --------------------------------------------------------------------------------------------------------
@@ -193,15 +252,19 @@ def launch_next():
     queued = Build.objects.filter(state=S.QUEUED).values("pk", "next_attempt_at").first()
     if queued is None:
         return None
+    pk = queued["pk"]
     if active is not None:
-        return Outcome("queued", f"Build #{queued['pk']} is queued behind build #{active}", queued["pk"])
+        return Outcome(
+            "queued", f"Build #{pk} starts when build #{active} has finished.", pk, detail=f"queued behind #{active}"
+        )
     if queued["next_attempt_at"] and queued["next_attempt_at"] > now():
         return Outcome(
             "waiting",
-            f"Build #{queued['pk']} is queued; its next attempt is at {queued['next_attempt_at']:%H:%M:%S} UTC",
-            queued["pk"],
+            f"Build #{pk} will start at {_at(queued['next_attempt_at'])}.",
+            pk,
+            detail=f"is queued; its next attempt is at {queued['next_attempt_at']:%H:%M:%S} UTC (backoff)",
         )
-    return launch(queued["pk"])
+    return launch(pk)
 
 
 def launch(build_id):
@@ -215,9 +278,11 @@ def launch(build_id):
             )
     except IntegrityError:  # another build became active first
         active = Build.objects.filter(state__in=ACTIVE_STATES).values_list("pk", flat=True).first()
-        return Outcome("queued", f"Build #{build_id} is queued behind build #{active}", build_id)
+        return Outcome("queued", f"Build #{build_id} starts when build #{active} has finished.", build_id)
     if not won:
-        return Outcome("raced", f"Build #{build_id} was launched or changed by another process", build_id)
+        return Outcome(
+            "raced", f"Build #{build_id} is starting.", build_id, detail="launched or changed by another process"
+        )
     logger.info("Build #%s launching with the %s launcher", build_id, launcher.name)
     try:
         handle = launcher.launch(build_id=build_id, token=token)
@@ -231,45 +296,80 @@ def launch(build_id):
         # A fast child may already have claimed it: keep the handle for the sweep, conditional on the token.
         Build.objects.filter(pk=build_id, launch_token=token, handle__isnull=True).update(handle=handle)
     logger.info("Build #%s launched on %s", build_id, where)
-    return Outcome("launched", f"Build #{build_id} launched on {where}", build_id)
+    return Outcome(
+        "launched",
+        f"Build #{build_id} has started; your change is live when it finishes.",
+        build_id,
+        detail=f"launched on {where}",
+    )
 
 
 def _launch_failed(build_id, token, exc):
     build = Build.objects.filter(pk=build_id).values("attempt").first() or {"attempt": 1}
     delay = backoff(build["attempt"])
-    requeued = requeue(build_id, token=token, error=f"Launch failed: {exc}", expected=(S.LAUNCHING,), delay=delay)
+    error = f"Launch failed: {exc}"
+    requeued = requeue(build_id, token=token, error=error, expected=(S.LAUNCHING,), delay=delay, hint=exc.hint)
     if exc.needs_operator:
-        alert_operator(build_id, f"Launch failed: {exc}")
-    logger.warning("Build #%s: launch failed: %s. Retrying in %ss.", build_id, exc, delay)
-    state = "The build is queued and will be retried." if requeued else "The build was changed by another process."
-    return Outcome("launch_failed", f"Launch failed: {exc}. {state}", build_id, ok=False)
+        alert_operator(build_id, error)
+    logger.warning("Build #%s: %s Retrying in %ss.", build_id, error, delay)
+    if requeued:
+        retry = Build.objects.filter(pk=build_id).values_list("next_attempt_at", flat=True).first()
+        message = f"Build #{build_id} could not start yet; it is retried automatically at {_at(retry)}."
+        if exc.needs_operator:
+            message = f"Build #{build_id} could not start: an administrator has been told; it is retried meanwhile."
+        return Outcome("launch_failed", message, build_id, ok=False, detail=f"launch failed: {exc}")
+    # The row moved on without us: the launch itself may well have worked and only its answer was lost.
+    return _moved_on(build_id, f"moved on although the launcher's answer was lost: {exc}")
 
 
-def requeue(build_id, *, token, error, expected, delay=None):
+def _moved_on(build_id, detail):
+    """An Outcome for a build that another process (or the build itself) moved on, from its state now."""
+    state = Build.objects.filter(pk=build_id).values_list("state", flat=True).first()
+    if state in (S.RUNNING, S.SUCCEEDED, S.LAUNCHED):
+        words = "has started; your change is live when it finishes" if state != S.SUCCEEDED else "has finished"
+        return Outcome("launched", f"Build #{build_id} {words}.", build_id, detail=detail)
+    if state == S.QUEUED:
+        return Outcome("queued", f"Build #{build_id} will start shortly.", build_id, detail=detail)
+    return Outcome("ended_elsewhere", f"Build #{build_id} is {state}.", build_id, ok=False, detail=detail)
+
+
+def requeue(build_id, *, token, error, expected, delay=None, hint=""):
     """A failure before the claim: the same row goes back to ``queued`` with ``attempt + 1`` and a backoff.
 
     Its requests stay attached. If another build got queued meanwhile, this one is ended and its requests move.
+    A build that has failed to start ``BUILD_MAX_ATTEMPTS`` times is reported once (it keeps being retried).
     """
     build = Build.objects.filter(pk=build_id).values("attempt").first()
     if build is None:
         return False
-    delay = backoff(build["attempt"]) if delay is None else delay
+    config = get_config()
+    delay = backoff(build["attempt"], config) if delay is None else delay
+    at = now()
     fields = {
         "state": S.QUEUED,
         "attempt": F("attempt") + 1,
         "error": error[:2000],
-        "next_attempt_at": now() + timedelta(seconds=delay),
+        "next_attempt_at": at + timedelta(seconds=delay),
         "launch_token": "",
     }
     try:
         with transaction.atomic():
-            return bool(Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(**fields))
+            requeued = bool(Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(**fields))
     except IntegrityError:
-        pass
+        requeued = None
+    if requeued is not None:
+        if requeued and build["attempt"] >= config.BUILD_MAX_ATTEMPTS:
+            alert_operator(
+                build_id,
+                f"Build #{build_id} has failed to start {build['attempt']} times; it keeps being retried, at most "
+                f"every {config.BUILD_RETRY_MAX}s.\nLast error: {error}\n\n{hint or 'Look at the error above.'}",
+                subject=f"Build #{build_id} keeps failing to start",
+            )
+        return requeued
     # A queued build appeared meanwhile (a request that raced this build's promotion): hand the requests over.
     with transaction.atomic():
         ended = Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(
-            state=S.FAILED, finished_at=now(), error=f"{error} (its requests moved to the queued build)"[:2000]
+            state=S.FAILED, finished_at=at, error=f"{error} (its requests moved to the queued build)"[:2000]
         )
         if ended:
             queued = Build.objects.filter(state=S.QUEUED).values_list("pk", flat=True).first()
@@ -298,9 +398,15 @@ def claim(build_id, token):
     won = Build.objects.filter(pk=build_id, launch_token=token, state__in=(S.LAUNCHING, S.LAUNCHED)).update(
         state=S.RUNNING, started_at=at, heartbeat_at=at, progress_at=at, pages_done=0
     )
-    build = Build.objects.filter(pk=build_id).values("state", "launch_token", "attempt", "launched_at").first()
+    build = (
+        Build.objects.filter(pk=build_id)
+        .values("state", "launch_token", "attempt", "launched_at", "launcher", "handle")
+        .first()
+    )
     if won:
         logger.info("Build #%s claimed (attempt %s)", build_id, build["attempt"])
+        if build["handle"] is None:
+            _record_own_handle(build_id, token, build["launcher"])
         return Claim(build_id, token, build["attempt"], build["launched_at"])
     if build is None:
         why = f"Build #{build_id} does not exist"
@@ -312,6 +418,18 @@ def claim(build_id, token):
         why = f"Build #{build_id} is {build['state']}"
     logger.warning("Claim refused: %s. Not building.", why)
     return Outcome("claim_refused", why, build_id, ok=False)
+
+
+def _record_own_handle(build_id, token, launcher_name):
+    """The launching process died before it recorded the handle: record this process's own, in the form of the
+    launcher that started it, so the sweep can judge the build like any other."""
+    try:
+        handle = get_launcher(launcher_name).this_process()
+    except ImproperlyConfigured as exc:
+        logger.warning("Build #%s: cannot describe this process for the %s launcher: %s", build_id, launcher_name, exc)
+        return
+    if handle is not None:
+        Build.objects.filter(pk=build_id, launch_token=token, handle__isnull=True).update(handle=handle)
 
 
 def start_manual(*, process, reason="manual build"):
@@ -348,13 +466,9 @@ def describe_process(process):
 def this_process():
     """The handle a build process by hand records about itself, in the local launcher's form (host, pid, start
     time) so the sweep can judge it, plus the dyno name on Heroku."""
-    from .launchers.local import process_state
-
-    state = process_state(os.getpid())
-    handle = {"host": socket.gethostname(), "pid": os.getpid(), "started": state[0] if state else None}
-    if os.environ.get("DYNO"):
-        handle["dyno"] = os.environ["DYNO"]
-    return handle
+    handle = get_launcher(MANUAL).this_process()
+    dyno = get_config().DYNO
+    return {**handle, "dyno": dyno} if dyno else handle
 
 
 def heartbeat(claim, *, done=None, total=None, moved=False):
@@ -447,10 +561,11 @@ def consecutive_failures():
 # --- Reports -------------------------------------------------------------------------------------------------------
 
 
-def alert_operator(build_id, message):
-    """An error a person must fix (a bad key, a missing app): reported once per build."""
+def alert_operator(build_id, message, *, subject=None):
+    """An error a person must fix (a bad key, a missing app, a build that keeps failing to start): reported once
+    per build."""
     if Build.objects.filter(pk=build_id, alerted_at__isnull=True).update(alerted_at=now()):
-        _report(f"Build #{build_id} needs attention", message)
+        _report(subject or f"Build #{build_id} needs attention", message)
 
 
 def report_failure(build_id, message):
@@ -475,7 +590,7 @@ def cancel(build_id, *, by=None):
 
     A queued build is cancelled outright; its requests stay with it (recorded as cancelled). Returns an Outcome.
     """
-    build = Build.objects.filter(pk=build_id).values("state", "handle", "manual").first()
+    build = Build.objects.filter(pk=build_id).values("state", "handle", "manual", "launcher").first()
     if build is None:
         return Outcome("unknown", f"Build #{build_id} does not exist", build_id, ok=False)
     who = f" by {by}" if by else ""
@@ -508,7 +623,7 @@ def time_out(build_id, *, token, timeout_seconds):
     """A build running longer than ``BUILD_TIMEOUT`` from launch: ``failed`` first, then its process is stopped.
     Not retried; reported."""
     error = timeout_error(timeout_seconds)
-    build = Build.objects.filter(pk=build_id).values("handle", "manual").first()
+    build = Build.objects.filter(pk=build_id).values("handle", "manual", "launcher").first()
     ended = Build.objects.filter(pk=build_id, state=S.RUNNING, launch_token=token).update(
         state=S.FAILED, finished_at=now(), error=error
     )
@@ -521,19 +636,21 @@ def time_out(build_id, *, token, timeout_seconds):
 
 
 def stop_process(build):
-    """Ask the launcher that started ``build`` (a dict with ``handle`` and ``manual``) to stop it; never raises."""
+    """Ask the launcher that started ``build`` (a dict with ``handle``, ``launcher``, ``manual``) to stop it.
+
+    Returns ``None`` when stopped (or nothing to stop), else why not, in words; never raises.
+    """
     if not build or not build.get("handle"):
-        return
+        return None
     try:
         launcher_for(build).stop(build["handle"])
-    except LaunchError as exc:
+    except (LaunchError, ImproperlyConfigured) as exc:
         logger.warning("Could not stop %s: %s", build["handle"], exc)
+        return f"its process could not be stopped: {exc}"
+    return None
 
 
 def launcher_for(build):
-    """The launcher that can judge ``build``'s handle: a build by hand is a local process."""
-    if build.get("manual"):
-        from .launchers.local import LocalLauncher
-
-        return LocalLauncher()
-    return get_launcher()
+    """The launcher that started ``build`` (a dict with ``launcher`` and ``manual``), which alone can judge, stop and
+    describe its handle, whatever ``LAUNCHER`` says now. ``ImproperlyConfigured`` when it is no longer configured."""
+    return get_launcher(MANUAL if build.get("manual") else build.get("launcher") or None)

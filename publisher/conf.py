@@ -10,6 +10,11 @@ from django.core.exceptions import ImproperlyConfigured
 @dataclass(frozen=True)
 class Config:
     LAUNCHER: dict = field(default_factory=lambda: {"BACKEND": "publisher.launchers.local.LocalLauncher"})
+    #: Every launcher that may have started an open build, by its ``name``: a build is judged and stopped by the
+    #: launcher that started it (``Build.launcher``), whatever ``LAUNCHER`` says now. ``LAUNCHER`` is always included.
+    LAUNCHERS: dict = field(default_factory=dict)
+    #: The Heroku dyno this process runs in (``$DYNO``), or empty.
+    DYNO: str = ""
     SITE_ROOT: Path = Path("var/site")
     SITE_URL: str = "http://127.0.0.1:8000/site/"
     SITE_RELEASES_KEPT: int = 5

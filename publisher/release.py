@@ -25,6 +25,8 @@ from .render import render_site
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+#: A release being deleted is first renamed to this prefix: a folder named like a release is complete, or gone.
+TRASH_PREFIX = ".trash-"
 NAME_PATTERN = re.compile(r"^(?P<time>\d{8}T\d{6})-b(?P<build>\d+)-a(?P<attempt>\d+)$")
 
 
@@ -99,12 +101,30 @@ class SiteRoot:
         return True
 
     def prune(self):
-        """Keep the newest ``kept`` complete releases and always the live one."""
+        """Keep the newest ``kept`` complete releases and always the live one; finish deletions left half-done.
+
+        Each release is renamed out of the way before it is deleted, so an interrupted prune never leaves a folder
+        that looks complete but is not. Returns the names removed.
+        """
+        if not self.releases.is_dir():
+            return []
+        for path in self.releases.iterdir():
+            if path.name.startswith(TRASH_PREFIX):
+                shutil.rmtree(path, ignore_errors=True)
         live = self.live_name()
         names = self.complete_releases()
+        removed = []
         for name in names[: max(0, len(names) - self.kept)]:
-            if name != live:
-                shutil.rmtree(self.releases / name, ignore_errors=True)
+            if name == live:
+                continue
+            trash = self.releases / f"{TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(self.releases / name, trash)
+            except FileNotFoundError:
+                continue  # another process pruned it
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(name)
+        return removed
 
 
 class Release:
@@ -127,8 +147,10 @@ class Release:
         """Remove the partial release (the live site is untouched)."""
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def go_live(self, *, pages):
-        """Seal the release and switch ``current`` to it. Signals are held off until the switch is done."""
+    def go_live(self, *, pages, after_switch=None):
+        """Seal the release and switch ``current`` to it. Signals are held off until the switch is done and
+        ``after_switch(went_live)`` (the build recording its success) has run: after the switch, the outcome is the
+        switch's, whatever comes."""
         meta = {
             "build": self.build_id,
             "attempt": self.attempt,
@@ -142,16 +164,19 @@ class Release:
             self.path = self.final_path
             _fsync_dir(self.site.releases)
             went_live = self.site.switch_to(self.name)
-        self.site.prune()
+            if after_switch is not None:
+                after_switch(went_live)
         return went_live
 
 
-def build_release(config, *, build_id, attempt, progress, before_switch=None):
+def build_release(config, *, build_id, attempt, progress, before_switch=None, after_switch=None):
     """Render the whole site into a new release and make it live. Returns a ``Released``.
 
     ``progress`` receives ``start(total)`` and ``advance(done)``; it may raise to stop the build.
-    ``before_switch()`` runs after rendering and before going live (the build's last fencing check).
-    On any exception the partial release is removed and the exception propagates; the live site is unchanged.
+    ``before_switch()`` runs after rendering and before going live (the build's last fencing check);
+    ``after_switch(released)`` right after the switch, with signals still held off.
+    On any exception before the switch the partial release is removed and the exception propagates; the live site
+    is unchanged. Old releases are not pruned here (``prune_releases``): that comes after the outcome is recorded.
     """
     site = SiteRoot(config.SITE_ROOT, kept=config.SITE_RELEASES_KEPT)
     site.remove_stale_partials()
@@ -164,13 +189,23 @@ def build_release(config, *, build_id, attempt, progress, before_switch=None):
         pages = render_site(release.path, base_url=config.SITE_URL, progress=progress)
         if before_switch is not None:
             before_switch()
-        went_live = release.go_live(pages=pages)
+
+        def switched(went_live):
+            if after_switch is not None:
+                after_switch(Released(name=release.name, pages=pages, went_live=went_live))
+
+        went_live = release.go_live(pages=pages, after_switch=switched)
     except BaseException:
         if release.path != release.final_path:
             release.abort()
         raise
     logger.info("Release %s: %d pages, %s", release.name, pages, "live" if went_live else "kept (newer one is live)")
     return Released(name=release.name, pages=pages, went_live=went_live)
+
+
+def prune_releases(config):
+    """Remove old releases (``SITE_RELEASES_KEPT``); interruptible at any instant. Returns the names removed."""
+    return SiteRoot(config.SITE_ROOT, kept=config.SITE_RELEASES_KEPT).prune()
 
 
 def _fsync_dir(path):

@@ -11,7 +11,7 @@ from . import builds, interrupts
 from .conf import get_config
 from .models import BuildState
 from .progress import Progress
-from .release import build_release
+from .release import build_release, prune_releases
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +106,35 @@ def run(claim):
         if progress.fenced or not progress.beat():
             raise BuildFenced(progress.fenced)
 
+    switched = []
+
+    def record_success(released):
+        # Runs right after the switch, with SIGTERM held off: once the site has switched, the outcome is a success.
+        switched.append(released)
+        try:
+            recorded = builds.finish(claim, state=BuildState.SUCCEEDED, release=released.name, pages=released.pages)
+        except DatabaseError:
+            logger.exception("Build #%s went live but its success could not be recorded", claim.build_id)
+            return
+        if not recorded:
+            logger.warning("Build #%s went live but its outcome was already recorded elsewhere", claim.build_id)
+
     try:
         outcome = build_release(
-            config, build_id=claim.build_id, attempt=claim.attempt, progress=progress, before_switch=before_switch
+            config,
+            build_id=claim.build_id,
+            attempt=claim.attempt,
+            progress=progress,
+            before_switch=before_switch,
+            after_switch=record_success,
         )
     except BuildFenced as exc:
         logger.warning("Build #%s stopped without switching the site: %s", claim.build_id, exc)
         return Result(EXIT_OK, f"Build #{claim.build_id} stopped: {exc}")
     except interrupts.BuildInterrupted as exc:
         progress.stop()
+        if switched:  # the signal came after the switch, on the way out: the build succeeded
+            return _succeeded(config, claim, switched[0])
         if not connections["default"].in_atomic_block:
             connections["default"].close()  # the signal may have cut a query short: record on a fresh connection
         recorded = builds.interrupted(claim, timeout_seconds=config.BUILD_TIMEOUT)
@@ -130,10 +150,34 @@ def run(claim):
         return Result(EXIT_FAILED, f"Build #{claim.build_id} failed: {error}" + (f". {after}" if after else ""))
     finally:
         progress.stop()
-    if not builds.finish(claim, state=BuildState.SUCCEEDED, release=outcome.name, pages=outcome.pages):
-        logger.warning("Build #%s went live but its outcome was already recorded elsewhere", claim.build_id)
-    # Asked to stop while going live: the release is live and recorded; the next launch is left to the sweep.
-    after = None if interrupts.pending() else builds.launch_next()
+    return _succeeded(config, claim, outcome)
+
+
+def _succeeded(config, claim, outcome):
     live = "is live" if outcome.went_live else "was kept (a newer release is live)"
     message = f"Build #{claim.build_id}: release {outcome.name} with {outcome.pages} pages {live}"
-    return Result(EXIT_OK, message + (f". {after}" if after else ""))
+    return Result(EXIT_OK, message + _after_success(config, claim))
+
+
+def _after_success(config, claim):
+    """Launch the queued build, then prune old releases: off the path between the switch and the recorded success.
+
+    A SIGTERM here changes nothing about the outcome; what is left undone is left to the sweep and the next build.
+    """
+    said = ""
+    try:
+        if interrupts.pending():
+            raise interrupts.BuildInterrupted(interrupts.pending())
+        after = builds.launch_next()
+        said = f". {after.for_operators}" if after else ""
+        removed = prune_releases(config)
+        if removed:
+            logger.info("Build #%s: removed %d old release(s)", claim.build_id, len(removed))
+    except interrupts.BuildInterrupted as exc:
+        logger.warning(
+            "Build #%s went live and was %s afterwards; the next launch and pruning are left to the sweep and the "
+            "next build",
+            claim.build_id,
+            exc,
+        )
+    return said

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import mail_admins
 from django.db.models import F, Q
 
@@ -26,6 +27,9 @@ S = BuildState
 UNATTACHED_GRACE = 5
 #: Pruning old history runs at most this often (seconds).
 PRUNE_EVERY = 3600
+#: A pass that did nothing is logged at most this often (seconds), so an operator can tell the worker is alive.
+IDLE_LOG_EVERY = 300
+_last_logged = None  # monotonic time of the last log line of this process's passes
 SCHEDULE_NAME = "publisher: sweep builds"
 
 
@@ -36,7 +40,10 @@ class Pass:
     actions: list = field(default_factory=list)
 
     def add(self, outcome):
-        if outcome is not None:
+        """Record an Outcome in operators' words ("Build #3 launched on run.1"), or a sentence."""
+        if isinstance(outcome, builds.Outcome) and outcome.detail and outcome.build_id:
+            self.actions.append(f"Build #{outcome.build_id} {outcome.detail}")
+        elif outcome is not None:
             self.actions.append(str(outcome))
 
     def __str__(self):
@@ -56,6 +63,7 @@ def sweep():
             "launch_token",
             "handle",
             "manual",
+            "launcher",
             "launched_at",
             "heartbeat_at",
             "progress_at",
@@ -64,46 +72,44 @@ def sweep():
             "pages_total",
         )
     )
-    launcher = None
     for build in open_builds:
         if build["state"] in ACTIVE_STATES:
-            launcher = launcher or _launcher_or_none()
-            done.add(_check_active(build, at, config, launcher))
+            done.add(_guarded(f"checking build #{build['pk']}", _check_active, build, at, config))
     unattached = BuildRequest.objects.filter(
         build__isnull=True, created_at__lte=at - timedelta(seconds=UNATTACHED_GRACE)
     )
     ids = list(unattached.values_list("pk", flat=True)[:10_000])
     if ids:
-        outcome = builds.attach_requests(ids)
+        outcome = _guarded("attaching requests", builds.attach_requests, ids)
         if outcome:
-            done.add(f"{len(ids)} unattached request(s): {outcome}")
+            said = f"attached to build #{outcome.build_id}" if isinstance(outcome, builds.Outcome) else outcome
+            done.add(f"{len(ids)} unattached request(s) {said}")
     if ids or any(b["state"] == S.QUEUED for b in open_builds) or done.actions:
-        launched = builds.launch_next()
-        if launched is not None and launched.kind != "queued":
+        launched = _guarded("launching the queued build", builds.launch_next)
+        if launched is not None and getattr(launched, "kind", None) != "queued":
             done.add(launched)
     _record(done, at, started, config)
     return done
 
 
-def _launcher_or_none():
+def _guarded(what, step, *args):
+    """One step of the pass behind the sweep's boundary: an unexpected error is logged with its traceback and
+    reported in the pass's summary, and the pass goes on with the other builds and steps."""
     try:
-        return builds.get_launcher()
-    except Exception:  # the sweep's boundary: a broken configuration must not stop the other checks
-        logger.exception("The sweep cannot load the launcher; builds needing a status check wait")
-        return None
+        return step(*args)
+    except Exception as exc:  # the sweep's boundary (one per build and step)
+        logger.exception("Sweep: %s failed", what)
+        return f"{what[0].upper()}{what[1:]} failed: {type(exc).__name__}: {exc}"
 
 
-def _status(build, launcher):
-    """The launcher's word on a build's process; ``unknown`` when it cannot tell (never a reason to end a build)."""
+def _status(build):
+    """The word of the launcher that started the build on its process; ``unknown`` when it cannot tell (never a
+    reason to end a build)."""
     if not build["handle"]:
         return UNKNOWN
     try:
-        if build["manual"]:
-            return builds.launcher_for(build).status(build["handle"])
-        if launcher is None:
-            return UNKNOWN
-        return launcher.status(build["handle"])
-    except LaunchError as exc:
+        return builds.launcher_for(build).status(build["handle"])
+    except (LaunchError, ImproperlyConfigured) as exc:
         logger.warning("Build #%s: status unknown: %s", build["pk"], exc)
         return UNKNOWN
 
@@ -112,7 +118,7 @@ def _age(moment, at):
     return (at - moment).total_seconds() if moment else float("inf")
 
 
-def _check_active(build, at, config, launcher):
+def _check_active(build, at, config):
     pk, token, state = build["pk"], build["launch_token"], build["state"]
     since_launch = _age(build["launched_at"], at)
     if state == S.RUNNING and since_launch > config.BUILD_TIMEOUT:
@@ -124,18 +130,19 @@ def _check_active(build, at, config, launcher):
             return f"Build #{pk} was stuck launching for {since_launch:.0f}s: queued again"
         return None
     if state == S.LAUNCHED:
-        return _check_not_started(build, since_launch, config, launcher)
-    return _check_running(build, at, config, launcher)
+        return _check_not_started(build, since_launch, config)
+    return _check_running(build, at, config)
 
 
-def _check_not_started(build, since_launch, config, launcher):
+def _check_not_started(build, since_launch, config):
     pk, token = build["pk"], build["launch_token"]
     if since_launch <= config.BUILD_START_TIMEOUT:
         return None
-    status = _status(build, launcher)
+    status = _status(build)
     if status == GONE:
         error = "Launched, but its process ended before it started building"
-        if builds.requeue(pk, token=token, error=error, expected=(S.LAUNCHED,)):
+        hint = builds.launcher_for(build).not_started_hint(build["handle"])
+        if builds.requeue(pk, token=token, error=error, expected=(S.LAUNCHED,), hint=hint):
             return f"Build #{pk}: {error.lower()}: queued again"
     elif status in (STARTING, RUNNING) and since_launch > 2 * config.BUILD_START_TIMEOUT:
         error = f"Still not started {since_launch:.0f}s after launch"
@@ -147,11 +154,11 @@ def _check_not_started(build, since_launch, config, launcher):
     return None
 
 
-def _check_running(build, at, config, launcher):
+def _check_running(build, at, config):
     pk, token = build["pk"], build["launch_token"]
     silent = _age(build["heartbeat_at"], at)
     if silent > config.BUILD_LOST_AFTER:
-        status = _status(build, launcher)
+        status = _status(build)
         if status == GONE:
             return builds.mark_lost(pk, token=token, reason=f"No heartbeat for {silent:.0f}s and the process is gone")
         if status == UNKNOWN:
@@ -183,7 +190,16 @@ def _report_stall(build, at, config, *, reason):
         mail_admins(f"Build #{pk} is stalled", message, fail_silently=False)
     except OSError:
         logger.exception("Could not mail the stall report for build #%s", pk)
-    build_stalled.send(sender=Build, build=Build.objects.get(pk=pk), stalled_for=stalled_for)
+    for receiver, result in build_stalled.send_robust(
+        sender=Build, build=Build.objects.get(pk=pk), stalled_for=stalled_for
+    ):
+        if isinstance(result, Exception):
+            logger.error(
+                "A build_stalled receiver (%r) failed for build #%s",
+                receiver,
+                pk,
+                exc_info=(type(result), result, result.__traceback__),
+            )
     return f"Build #{pk} is stalled ({reason}): reported"
 
 
@@ -197,8 +213,13 @@ def _record(done, at, started, config):
     prune_due = Q(pruned_at__isnull=True) | Q(pruned_at__lte=at - timedelta(seconds=PRUNE_EVERY))
     if SweepStatus.objects.filter(prune_due, pk=1).update(pruned_at=at):
         prune(at - timedelta(days=config.BUILD_HISTORY_DAYS))
+    global _last_logged
     if done.actions:
         logger.info("Sweep: %s", done)
+        _last_logged = time.monotonic()
+    elif _last_logged is None or time.monotonic() - _last_logged >= IDLE_LOG_EVERY:
+        logger.info("Sweep: idle, nothing to do (said again every %ss while idle)", IDLE_LOG_EVERY)
+        _last_logged = time.monotonic()
 
 
 def prune(before, *, limit=1000):

@@ -212,6 +212,9 @@ _launcher_options = {
 PUBLISHER = {
     # An unknown name is passed through as a dotted path; the app reports it (publisher.E001) if it cannot load it.
     "LAUNCHER": {"BACKEND": LAUNCHERS.get(_launcher, _launcher), "OPTIONS": _launcher_options.get(_launcher, {})},
+    # Builds are judged and stopped by the launcher that started them: switching LAUNCHER leaves the others usable.
+    "LAUNCHERS": {name: {"BACKEND": LAUNCHERS[name], "OPTIONS": _launcher_options[name]} for name in LAUNCHERS},
+    "DYNO": env.string("DYNO", ""),
     "SITE_ROOT": project_path(env.string("SITE_ROOT", "var/site")),
     "SITE_URL": env.url("SITE_URL", "http://127.0.0.1:8000/site/"),
     "SITE_RELEASES_KEPT": env.integer("SITE_RELEASES_KEPT", 5),

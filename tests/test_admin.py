@@ -156,12 +156,14 @@ def test_bulk_delete_of_live_pages_sends_page_deleted(admin_client, sent):
 @pytest.mark.django_db(transaction=True)
 def test_the_editor_sees_what_the_build_system_did(admin_client):
     response = admin_client.post(reverse("admin:publisher_page_add"), form(_saveandpublish="1"), follow=True)
-    assert "Build #1 launched on recorded launch rec-1" in response.content.decode()
+    html = response.content.decode()
+    assert "Build #1 has started; your change is live when it finishes." in html
+    assert "recorded launch rec-1" not in html, "where it runs is for the build's page and the log"
     p = Page.objects.get(slug="alpha")
     response = admin_client.post(
         reverse("admin:publisher_page_change", args=[p.pk]), form(body="new", _save="1"), follow=True
     )
-    assert "Attached to build #1, which has not started reading content" in response.content.decode()
+    assert "Your change will be in build #1, which is starting." in response.content.decode()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -171,8 +173,9 @@ def test_a_failed_launch_is_a_warning_and_the_page_is_saved(admin_client):
     recording.fail_next(LaunchError("Heroku rejected the API key (401)", status=401, needs_operator=True))
     response = admin_client.post(reverse("admin:publisher_page_add"), form(_saveandpublish="1"), follow=True)
     html = response.content.decode()
-    assert response.status_code == 200 and "Launch failed: Heroku rejected the API key (401)" in html
-    assert "will be retried" in html and Page.objects.get(slug="alpha").is_published
+    assert response.status_code == 200 and "could not start: an administrator has been told" in html
+    assert "retried" in html and Page.objects.get(slug="alpha").is_published
+    assert "rejected the API key" not in html, "the platform's error is for operators"
 
 
 def test_build_history_and_cancel(admin_client):

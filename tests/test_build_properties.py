@@ -132,7 +132,7 @@ class Clock:
 CLOCK = Clock()
 
 
-class ProcessDied(Exception):
+class ProcessDied(BaseException):
     """The web process dies right after the launcher call, before it records the handle."""
 
 
@@ -264,7 +264,10 @@ class BuildMachine(RuleBasedStateMachine):
             assert build["launch_token"] == "" and build["error"] == f"Launch failed: {error.message}"
             assert build["next_attempt_at"] > CLOCK.t
             alerted_before = was["alerted_at"] if was and was["pk"] == build["pk"] else None
-            if alerted_before or not error.needs_operator:  # reported at once, and only once per build
+            # Reported at once when an operator must act, or once it has failed to start BUILD_MAX_ATTEMPTS times
+            # (issue 8, defect 6); only once per build.
+            failed_attempts = build["attempt"] - 1
+            if alerted_before or not (error.needs_operator or failed_attempts >= get_config().BUILD_MAX_ATTEMPTS):
                 assert build["alerted_at"] == alerted_before
             else:
                 assert build["alerted_at"]

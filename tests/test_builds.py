@@ -104,7 +104,8 @@ def test_requests_attach_to_a_launched_build_that_has_not_read_content(publish):
     build = only_build()
     outcome = builds.request_build("again")
     assert outcome.kind == "attached" and outcome.build_id == build.pk
-    assert f"Attached to build #{build.pk}, which has not started reading content" == str(outcome)
+    assert str(outcome) == f"Your change will be in build #{build.pk}, which is starting."
+    assert "has not read content yet" in outcome.for_operators
     assert BuildRequest.objects.filter(build=build).count() == 2 and len(recording.launches) == 1
 
 
@@ -113,11 +114,12 @@ def test_requests_during_a_running_build_coalesce_into_one_queued_build(publish)
     running = only_build()
     assert isinstance(claim_launched(), builds.Claim)
     first = builds.request_build("one")
-    assert first.kind == "queued" and str(first) == f"Queued as build #{first.build_id} behind build #{running.pk}"
+    said = f"Your change will be in build #{first.build_id}, which starts when build #{running.pk} has finished."
+    assert first.kind == "queued" and str(first) == said
     for n in range(5):
         outcome = builds.request_build(f"more {n}")
         assert outcome.build_id == first.build_id
-        assert str(outcome) == f"Queued as build #{first.build_id} behind build #{running.pk}"
+        assert str(outcome) == said
     queued = Build.objects.get(state=S.QUEUED)
     assert queued.requests.count() == 6 and Build.objects.count() == 2 and len(recording.launches) == 1
 
@@ -146,7 +148,8 @@ def test_a_launch_failure_requeues_the_same_build_with_backoff(clock, settings):
     recording.fail_next(key_error())
     outcome = builds.request_build("publish")
     assert not outcome.ok and outcome.kind == "launch_failed"
-    assert str(outcome) == "Launch failed: Heroku rejected the API key (401). The build is queued and will be retried."
+    assert str(outcome) == "Build #1 could not start: an administrator has been told; it is retried meanwhile."
+    assert outcome.detail == "launch failed: Heroku rejected the API key (401)"
     build = only_build()
     assert build.state == S.QUEUED and build.attempt == 2 and build.launch_token == ""
     assert "401" in build.error and build.next_attempt_at == clock.now + timedelta(seconds=30)
@@ -234,8 +237,8 @@ def test_a_request_attaching_while_the_build_claims_is_covered(publish, monkeypa
     launch = recording.launches[0]
     find_target = builds._attach_target
 
-    def target_then_claim():
-        target = find_target()
+    def target_then_claim(at):
+        target = find_target(at)
         builds.claim(launch["build_id"], launch["token"])  # the build claims between our read and our update
         return target
 
@@ -265,7 +268,7 @@ def test_run_succeeds_then_launches_the_queued_build(claimed, site_root):
     assert (site_root / "current" / "alpha" / "index.html").exists()
     nxt = Build.objects.exclude(pk=claimed.build_id).get()
     assert nxt.state == S.LAUNCHED and recording.launches[-1]["build_id"] == nxt.pk
-    assert f"Build #{nxt.pk} launched" in result.message
+    assert f"Build #{nxt.pk} has started" in result.message
 
 
 def test_a_failing_render_fails_the_build_reports_it_and_launches_the_next(claimed, monkeypatch, settings):

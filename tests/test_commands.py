@@ -1,10 +1,14 @@
 """Commands and their exit codes (DESIGN §6)."""
 
+import json
+import secrets
+import shlex
 import subprocess
 import sys
 import time
 
 import pytest
+import responses
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -20,7 +24,7 @@ S = BuildState
 @pytest.mark.django_db
 def test_requestbuild_records_and_dispatches(capsys):
     call_command("requestbuild", "--reason", "nightly refresh")
-    assert "launched" in capsys.readouterr().out
+    assert "has started" in capsys.readouterr().out
     request = BuildRequest.objects.get()
     assert request.reason == "nightly refresh" and request.build.state == S.LAUNCHED
 
@@ -30,7 +34,8 @@ def test_requestbuild_warns_on_a_failed_launch_and_still_exits_0(capsys):
     recording.fail_next(LaunchError("Heroku rejected the API key (401)", status=401, needs_operator=True))
     call_command("requestbuild")  # no exception: exit 0
     err = capsys.readouterr().err
-    assert "Warning: Launch failed: Heroku rejected the API key (401). The build is queued" in err
+    assert "Warning: Build #1 could not start: an administrator has been told" in err
+    assert "(launch failed: Heroku rejected the API key (401))" in err and ".." not in err
     assert BuildRequest.objects.get().build.state == S.QUEUED
 
 
@@ -111,5 +116,88 @@ def test_requestbuild_as_a_process(children, child_env):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "launched on recorded launch" in result.stdout
+    assert "has started" in result.stdout
     assert BuildRequest.objects.get().reason == "from cron"
+
+
+# --- Tokens argparse could misread (1 launch in 64 starts with "-") ---------------------------------------------
+
+
+def dash_tokens(monkeypatch):
+    monkeypatch.setattr(builds, "new_token", lambda: "-" + secrets.token_urlsafe(24))
+
+
+@pytest.mark.django_db
+def test_the_token_is_read_from_the_environment_or_as_token_equals(site_root, monkeypatch, capsys):
+    dash_tokens(monkeypatch)
+    builds.request_build("x")
+    launch = recording.launches[-1]
+    assert launch["token"].startswith("-")
+    monkeypatch.setenv("PUBLISHER_BUILD_TOKEN", launch["token"])
+    call_command("buildstaticsite", "--build", str(launch["build_id"]))
+    assert Build.objects.get().state == S.SUCCEEDED
+
+    builds.request_build("y")
+    launch = recording.launches[-1]
+    monkeypatch.delenv("PUBLISHER_BUILD_TOKEN")
+    call_command("buildstaticsite", "--build", str(launch["build_id"]), f"--token={launch['token']}")
+    assert Build.objects.get(pk=launch["build_id"]).state == S.SUCCEEDED
+
+
+@pytest.mark.django_db
+def test_build_without_any_token_is_a_usage_error(monkeypatch):
+    monkeypatch.delenv("PUBLISHER_BUILD_TOKEN", raising=False)
+    with pytest.raises(CommandError) as info:
+        call_command("buildstaticsite", "--build", "3")
+    assert info.value.returncode == 2 and "PUBLISHER_BUILD_TOKEN" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_dash_token_builds_through_the_local_launcher(settings, child_env, monkeypatch, tmp_path, process_reaper):
+    dash_tokens(monkeypatch)
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "LAUNCHER": {"BACKEND": "publisher.launchers.local.LocalLauncher", "OPTIONS": {}},
+        "LOG_DIR": tmp_path / "var" / "log",
+    }
+    for key, value in child_env.items():
+        monkeypatch.setenv(key, value)
+    outcome = builds.request_build("dash")
+    build = Build.objects.get(pk=outcome.build_id)
+    assert build.launch_token.startswith("-") and build.state == S.LAUNCHED
+    wait_for(lambda: Build.objects.get(pk=build.pk).state == S.SUCCEEDED, timeout=60, message="the build")
+    cmdline = (tmp_path / "var" / "log" / "builds" / f"{build.pk}.log").read_text()
+    assert build.launch_token not in cmdline
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_dash_token_builds_from_the_dyno_request_of_the_heroku_launcher(settings, child_env, monkeypatch):
+    """The body Heroku would get is run as the dyno would: its command through a shell, its env added."""
+    dash_tokens(monkeypatch)
+    api = "https://heroku.test"
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "LAUNCHER": {
+            "BACKEND": "publisher.launchers.heroku.HerokuLauncher",
+            "OPTIONS": {"API_KEY": "k", "APP_NAME": "app", "API_URL": api},
+        },
+    }
+    with responses.RequestsMock() as rsps:
+        rsps.post(f"{api}/apps/app/dynos", json={"id": "d-1", "name": "run.1"}, status=201)
+        outcome = builds.request_build("dash")
+        body = json.loads(rsps.calls[0].request.body)
+    build = Build.objects.get(pk=outcome.build_id)
+    assert build.launch_token.startswith("-") and build.launch_token not in body["command"]
+    assert body["env"]["PUBLISHER_BUILD_TOKEN"] == build.launch_token
+    result = subprocess.run(
+        ["/bin/sh", "-c", body["command"].replace("python", shlex.quote(sys.executable), 1)],
+        env={**child_env, **body["env"], "DYNO": "run.1"},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert Build.objects.get(pk=build.pk).state == S.SUCCEEDED

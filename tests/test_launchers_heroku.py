@@ -31,7 +31,7 @@ def dyno(state="starting", **fields):
         "type": "run",
         "state": state,
         "size": "Basic",
-        "command": "python manage.py buildstaticsite --build 12 --token tok",
+        "command": "python manage.py buildstaticsite --build 12",
         "attach_url": None,
         "app": {"id": "11111111-2222-3333-4444-555555555555", "name": APP},
         "release": {"id": "66666666-7777-8888-9999-000000000000", "version": 7},
@@ -74,11 +74,11 @@ def test_launch_sends_exactly_one_schema_valid_request(launcher):
     body = sent_body(call)
     assert_valid_dyno_create(body, keys=BASE_KEYS)
     assert body == {
-        "command": "python manage.py buildstaticsite --build 12 --token tok",
+        "command": "python manage.py buildstaticsite --build 12",
         "attach": False,
         "type": "run",
         "time_to_live": 10800 + 300,
-        "env": {"PUBLISHER_BUILD_ID": "12"},
+        "env": {"PUBLISHER_BUILD_ID": "12", "PUBLISHER_BUILD_TOKEN": "tok"},
     }
     assert request.method == "POST"
     assert request.headers["Accept"] == "application/vnd.heroku+json; version=3"
@@ -101,12 +101,16 @@ def test_launch_with_size_and_command_prefix(make_launcher):
     body = sent_body(call)
     assert_valid_dyno_create(body, keys=BASE_KEYS | {"size"})
     assert body["size"] == "standard-2x"
-    assert body["command"] == "launcher python manage.py buildstaticsite --build 3 --token abc-DEF_123"
+    assert body["command"] == "launcher python manage.py buildstaticsite --build 3"
+    assert body["env"]["PUBLISHER_BUILD_TOKEN"] == "abc-DEF_123"
     assert call.request.req_kwargs["timeout"] == (2, 7)
 
 
-def test_command_quotes_an_unusual_token_for_the_dyno_shell(launcher):
-    assert launcher.command(build_id=1, token="a b;c") == "python manage.py buildstaticsite --build 1 --token 'a b;c'"
+def test_the_token_is_in_the_dyno_env_never_its_command(launcher):
+    body = launcher.dyno_request(build_id=1, token="-a b;c")
+    assert body["command"] == "python manage.py buildstaticsite --build 1"
+    assert body["env"] == {"PUBLISHER_BUILD_ID": "1", "PUBLISHER_BUILD_TOKEN": "-a b;c"}
+    assert_valid_dyno_create(body, keys=BASE_KEYS)
 
 
 @pytest.mark.parametrize(("build_timeout", "time_to_live"), [(1, 301), (10800, 11100), (86100, 86400), (86400, 86400)])

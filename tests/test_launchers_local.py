@@ -1,7 +1,7 @@
 """LocalLauncher with real processes: detached in its own session, logged, stopped as a group, no zombies.
 
 The build command is a stub ``manage.py`` written into the test's own project directory (option ``PROJECT_DIR``);
-its ``--token`` picks what it does. Every process a test starts is killed at teardown (``process_reaper``).
+its token (``PUBLISHER_BUILD_TOKEN``) picks what it does. Every process a test starts is killed at teardown.
 """
 
 import json
@@ -27,7 +27,7 @@ STUB = textwrap.dedent(
     import os, signal, subprocess, sys, time
 
     args = sys.argv[1:]
-    build, mode = args[args.index("--build") + 1], args[args.index("--token") + 1]
+    build, mode = args[args.index("--build") + 1], os.environ["PUBLISHER_BUILD_TOKEN"]
     print(f"stub build {build} pid {os.getpid()} mode {mode} cwd {os.getcwd()}", flush=True)
     print(f"stdin {sys.stdin.read()!r}", flush=True)
     print("on stderr", file=sys.stderr, flush=True)
@@ -145,9 +145,9 @@ def test_the_command_is_the_projects_python_and_manage_py(launcher, project):
         "buildstaticsite",
         "--build",
         "8",
-        "--token",
-        "tick",
     ]
+    environ = (Path("/proc") / str(handle["pid"]) / "environ").read_bytes().split(b"\0")
+    assert b"PUBLISHER_BUILD_TOKEN=tick" in environ, "the token is passed in the environment"
     assert Path(f"/proc/{handle['pid']}/cwd").resolve() == project.resolve()
 
 

@@ -8,11 +8,12 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from publisher import release as release_module
 from publisher import render
 from publisher.conf import get_config
 from publisher.models import Build, Page
 from publisher.progress import Progress
-from publisher.release import SiteRoot, build_release
+from publisher.release import SiteRoot, build_release, prune_releases
 
 pytestmark = pytest.mark.django_db
 SITEMAP_NS = "{http://www.sitemaps.org/schemas/sitemap/0.9}"
@@ -151,8 +152,39 @@ def test_releases_are_pruned_and_the_live_one_kept(site_root, settings):
     settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 2}
     publish("hello")
     names = [build(build_id=n).name for n in range(1, 5)]
+    assert SiteRoot(site_root).complete_releases() == names, "a build does not prune on its way to going live"
+    assert prune_releases(get_config()) == names[:2]
     assert SiteRoot(site_root).complete_releases() == names[-2:]
     assert SiteRoot(site_root).live_name() == names[-1]
+
+
+def test_an_interrupted_prune_never_leaves_a_release_that_looks_complete(site_root, settings, monkeypatch):
+    """A prune cut short (SIGTERM in the middle of deleting) leaves no folder named like a release that is not whole;
+    the next prune finishes the job."""
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 1}
+    publish("hello")
+    names = [build(build_id=n).name for n in range(1, 4)]
+    site = SiteRoot(site_root)
+    files = {
+        name: sorted(p.relative_to(site.releases / name) for p in (site.releases / name).rglob("*")) for name in names
+    }
+    real_rmtree = release_module.shutil.rmtree
+
+    def interrupted_rmtree(path, ignore_errors=False):
+        victim = sorted(Path(path).rglob("*"))[0]  # delete part of it, then the signal arrives
+        victim.unlink() if victim.is_file() else real_rmtree(victim)
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(release_module.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        prune_releases(get_config())
+    for name in site.complete_releases():
+        now = sorted(p.relative_to(site.releases / name) for p in (site.releases / name).rglob("*"))
+        assert now == files[name], f"{name} looks like a release but is not whole"
+    assert names[0] not in site.complete_releases()
+    monkeypatch.setattr(release_module.shutil, "rmtree", real_rmtree)
+    prune_releases(get_config())
+    assert sorted(p.name for p in site.releases.iterdir()) == [names[-1]], "the next prune clears what was left"
 
 
 def test_an_older_release_never_replaces_a_newer_live_one(site_root):

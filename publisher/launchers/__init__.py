@@ -7,17 +7,58 @@ like Django's email backends.
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .base import GONE, RUNNING, STARTING, STATUSES, UNKNOWN, BaseLauncher, LaunchError
+from .base import GONE, RUNNING, STARTING, STATUSES, TOKEN_VARIABLE, UNKNOWN, BaseLauncher, LaunchError
 
-__all__ = ["GONE", "RUNNING", "STARTING", "STATUSES", "UNKNOWN", "BaseLauncher", "LaunchError", "get_launcher"]
+__all__ = [
+    "GONE",
+    "RUNNING",
+    "STARTING",
+    "STATUSES",
+    "TOKEN_VARIABLE",
+    "UNKNOWN",
+    "BaseLauncher",
+    "MANUAL",
+    "LaunchError",
+    "get_launcher",
+]
+
+LOCAL = "publisher.launchers.local.LocalLauncher"
+#: Builds started by a person at a shell (``Build.launcher == "manual"``) are local processes.
+MANUAL = "manual"
 
 
-def get_launcher():
-    """A new instance of the configured launcher; ``ImproperlyConfigured`` says what was looked for."""
+def get_launcher(name=None):
+    """A new instance of the configured launcher, or with ``name`` (a build's ``Build.launcher``) of the launcher
+    that started that build. ``ImproperlyConfigured`` says what was looked for.
+    """
     from ..conf import get_config
 
-    spec = get_config().LAUNCHER or {}
-    backend = spec.get("BACKEND") or "publisher.launchers.local.LocalLauncher"
+    config = get_config()
+    spec = config.LAUNCHER or {}
+    if name:
+        spec = _spec_named(name, spec, config.LAUNCHERS or {})
+    return _build(spec)
+
+
+def _spec_named(name, configured, others):
+    if _load(configured.get("BACKEND") or LOCAL).name == name:
+        return configured
+    if name in others:
+        return others[name]
+    if name in (MANUAL, "local"):  # needs no configuration
+        return {"BACKEND": LOCAL}
+    raise ImproperlyConfigured(
+        f"No launcher named {name!r} is configured, so the builds it started cannot be judged or stopped here. "
+        "Configure it again (its environment variables) until those builds have ended."
+    )
+
+
+def _build(spec):
+    cls = _load(spec.get("BACKEND") or LOCAL)
+    return cls(**(spec.get("OPTIONS") or {}))
+
+
+def _load(backend):
     try:
         cls = import_string(backend)
     except ImportError as exc:
@@ -26,4 +67,4 @@ def get_launcher():
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, BaseLauncher)):
         raise ImproperlyConfigured(f"Launcher {backend!r} is not a subclass of publisher.launchers.BaseLauncher.")
-    return cls(**(spec.get("OPTIONS") or {}))
+    return cls

@@ -2,6 +2,11 @@
 
 from django.core.exceptions import ImproperlyConfigured
 
+#: The build process reads its launch token from this environment variable. A token is never put on a command line:
+#: one starting with ``-`` would be read by argparse as an option, and platforms show commands in logs and listings.
+TOKEN_VARIABLE = "PUBLISHER_BUILD_TOKEN"
+REDACTED = "********"
+
 STARTING, RUNNING, GONE, UNKNOWN = "starting", "running", "gone", "unknown"
 STATUSES = (STARTING, RUNNING, GONE, UNKNOWN)
 
@@ -25,6 +30,7 @@ class LaunchError(Exception):
         request_id=None,
         retryable=True,
         needs_operator=False,
+        hint="",
     ):
         super().__init__(message)
         self.message = message
@@ -34,13 +40,33 @@ class LaunchError(Exception):
         self.request_id = request_id
         self.retryable = retryable
         self.needs_operator = needs_operator
+        #: What a person can do about it, for the report sent when the failure keeps coming back.
+        self.hint = hint
 
     def __str__(self):
         return self.message
 
+    def redacted(self, secrets):
+        """This error with every secret in ``secrets`` blanked out of its texts, whatever the platform answered."""
+        for name in ("message", "error_id", "platform_message", "request_id", "hint"):
+            setattr(self, name, redact(getattr(self, name), secrets))
+        self.args = (self.message,)
+        return self
+
+
+def redact(text, secrets):
+    """``text`` with each non-empty secret replaced by ``********``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    text = str(text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
 
 class BaseLauncher:
-    """Starts ``buildstaticsite --build ID --token T`` somewhere and returns a JSON-able handle at once.
+    """Starts ``buildstaticsite --build ID`` (token in ``PUBLISHER_BUILD_TOKEN``) somewhere; returns a handle at once.
 
     Options come as keyword arguments (``PUBLISHER["LAUNCHER"]["OPTIONS"]``); names not in ``option_defaults``
     are refused. Settings are read here, when the launcher is built, never at import.
@@ -83,7 +109,24 @@ class BaseLauncher:
         """A few words naming where the build runs, for messages ("run.4821", "pid 1234")."""
         return str(handle)
 
+    def this_process(self):
+        """The handle of the process calling this, in this launcher's form, or ``None`` when it cannot tell.
+
+        A build records it at its claim, so the sweep can judge a build whose launching process died before it
+        recorded the handle that ``launch`` returned.
+        """
+        return None
+
+    def not_started_hint(self, handle):
+        """What a person can check when builds launched here keep ending before they claim (DESIGN §3)."""
+        return "The build process ended before it started building: look at its output for the error."
+
     @staticmethod
-    def build_arguments(*, build_id, token):
-        """The arguments after ``python`` that run one build."""
-        return ["manage.py", "buildstaticsite", "--build", str(int(build_id)), "--token", str(token)]
+    def build_arguments(*, build_id):
+        """The arguments after ``python`` that run one build; the token goes in ``build_environment``."""
+        return ["manage.py", "buildstaticsite", "--build", str(int(build_id))]
+
+    @staticmethod
+    def build_environment(*, token):
+        """The variables the build process needs besides the app's own configuration."""
+        return {TOKEN_VARIABLE: str(token)}

@@ -19,7 +19,7 @@ import requests
 from django.core import checks
 from heroku3.api import Heroku, RateLimitExceeded, ResponseError
 
-from .base import GONE, RUNNING, STARTING, UNKNOWN, BaseLauncher, LaunchError
+from .base import GONE, RUNNING, STARTING, UNKNOWN, BaseLauncher, LaunchError, redact
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,11 @@ class TimeoutSession(requests.Session):
 
 
 class HerokuLauncher(BaseLauncher):
-    """Starts ``[COMMAND_PREFIX] python manage.py buildstaticsite --build ID --token T`` in a one-off dyno."""
+    """Starts ``[COMMAND_PREFIX] python manage.py buildstaticsite --build ID`` in a one-off dyno.
+
+    The launch token goes in the dyno's ``env``, never its command: Heroku shows commands in the app's log, the
+    dashboard and ``GET /apps/{app}/dynos``.
+    """
 
     name = "heroku"
     option_defaults = {
@@ -121,12 +125,14 @@ class HerokuLauncher(BaseLauncher):
         self._require_configuration()
         body = self.dyno_request(build_id=build_id, token=token)
         dyno = self._request("launch", "POST", ("apps", self.app_name, "dynos"), body=body)
-        if not isinstance(dyno, dict) or not dyno.get("id"):
+        dyno = dyno if isinstance(dyno, dict) else {}
+        if not isinstance(dyno.get("id"), str) or not dyno["id"]:
             raise LaunchError(
                 f"Heroku accepted the launch of build {build_id} but its answer names no dyno.",
                 retryable=True,
             )
-        handle = {"app": self.app_name, "dyno_id": dyno["id"], "dyno_name": dyno.get("name") or ""}
+        name = dyno.get("name") if isinstance(dyno.get("name"), str) else ""
+        handle = {"app": self.app_name, "dyno_id": dyno["id"], "dyno_name": name}
         logger.info("Launched build %s on Heroku app %s as dyno %s", build_id, self.app_name, self.describe(handle))
         return handle
 
@@ -193,24 +199,39 @@ class HerokuLauncher(BaseLauncher):
         return errors
 
     def describe(self, handle):
+        handle = handle if isinstance(handle, dict) else {}
         return handle.get("dyno_name") or handle.get("dyno_id") or "?"
+
+    def this_process(self):
+        """``{"app", "dyno_name"}`` from ``$DYNO`` (``run.4821``), which the API accepts in place of the dyno id."""
+        dyno = self.config.DYNO
+        return {"app": self.app_name, "dyno_name": dyno} if dyno else None
+
+    def not_started_hint(self, handle):
+        dyno = self.describe(handle)
+        logs = f"heroku logs --app {self.app_name or 'APP'} --dyno {dyno if dyno != '?' else 'run'}"
+        return (
+            f"The dyno ended before it started building. Its output: `{logs}`. Common causes: "
+            "'python: command not found' on an app built with Cloud Native Buildpacks (set "
+            "HEROKU_COMMAND_PREFIX=launcher), a slug that crashes at boot, or a missing release."
+        )
 
     # --- the request ----------------------------------------------------------------------------------------
 
-    def command(self, *, build_id, token):
+    def command(self, *, build_id):
         """The dyno's command line: the optional prefix, then the build command quoted for the dyno's shell."""
-        command = shlex.join(["python", *self.build_arguments(build_id=build_id, token=token)])
+        command = shlex.join(["python", *self.build_arguments(build_id=build_id)])
         prefix = (self.options["COMMAND_PREFIX"] or "").strip()
         return f"{prefix} {command}" if prefix else command
 
     def dyno_request(self, *, build_id, token):
         """The body of ``POST /apps/{app}/dynos``; ``size`` only when configured, never ``null``."""
         body = {
-            "command": self.command(build_id=build_id, token=token),
+            "command": self.command(build_id=build_id),
             "attach": False,
             "type": "run",
             "time_to_live": min(int(self.config.BUILD_TIMEOUT) + TIME_TO_LIVE_MARGIN, MAX_TIME_TO_LIVE),
-            "env": {"PUBLISHER_BUILD_ID": str(int(build_id))},
+            "env": {"PUBLISHER_BUILD_ID": str(int(build_id)), **self.build_environment(token=token)},
         }
         if self.options["DYNO_SIZE"]:
             body["size"] = str(self.options["DYNO_SIZE"])
@@ -226,7 +247,10 @@ class HerokuLauncher(BaseLauncher):
             )
 
     def _dyno_path(self, handle):
-        return ("apps", handle.get("app") or self.app_name, "dynos", handle.get("dyno_id") or handle["dyno_name"])
+        dyno = (handle.get("dyno_id") or handle.get("dyno_name")) if isinstance(handle, dict) else None
+        if not isinstance(dyno, str) or not dyno:
+            raise LaunchError(f"{handle!r} is not a Heroku launcher handle (no dyno id or name).", retryable=False)
+        return ("apps", handle.get("app") or self.app_name, "dynos", dyno)
 
     def _client(self):
         """A heroku3 client on a fresh session; also returns the list of responses it receives."""
@@ -240,10 +264,21 @@ class HerokuLauncher(BaseLauncher):
         return client, received
 
     def _request(self, action, method, path, *, body=None, dyno_may_be_gone=False):
-        """One API call; its decoded JSON answer, or ``LaunchError``.
+        """One API call; its decoded JSON answer, or ``LaunchError`` with the API key blanked out of every text.
 
         With ``dyno_may_be_gone``, a 404 about the dyno (not the app) returns ``None``.
         """
+        try:
+            return self._call(action, method, path, body=body, dyno_may_be_gone=dyno_may_be_gone)
+        except LaunchError as exc:
+            raise exc.redacted(self._secrets()) from None
+
+    def _secrets(self):
+        """What must never appear in a message: the key, and the header a proxy might echo."""
+        key = self.options["API_KEY"].reveal()
+        return (f"Bearer {key}", key) if key else ()
+
+    def _call(self, action, method, path, *, body, dyno_may_be_gone):
         client, received = self._client()
         resource = [quote(str(part), safe="") for part in path]
         data = client._resource_serialize(body) if body is not None else None
@@ -281,7 +316,7 @@ class HerokuLauncher(BaseLauncher):
 
     def _unreachable(self, action, exc, what):
         host = urlsplit(str(self.options["API_URL"])).hostname or "?"
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, self._secrets())
         detail = detail if len(detail) <= 300 else f"{detail[:297]}..."
         logger.warning("Heroku %s: the API at %s %s (%s)", action, host, what, detail)
         return LaunchError(f"Heroku {action} failed: the API at {host} {what} ({detail}).")
@@ -290,22 +325,31 @@ class HerokuLauncher(BaseLauncher):
         """A ``LaunchError`` from an error response: status, Heroku's ``id`` and ``message``, the request id."""
         status = response.status_code if response is not None else status
         error_id = platform_message = request_id = None
+        payload = None
         if response is not None:
             request_id = response.headers.get("Request-Id")
             try:
                 payload = response.json()
             except ValueError:
                 payload = None
-            if isinstance(payload, dict):
-                error_id = payload.get("id") if isinstance(payload.get("id"), str) else None
-                platform_message = payload.get("message") if isinstance(payload.get("message"), str) else None
+        if isinstance(payload, dict):
+            error_id = payload.get("id") if isinstance(payload.get("id"), str) else None
+            platform_message = payload.get("message") if isinstance(payload.get("message"), str) else None
+        secrets = self._secrets()
+        error_id, platform_message, request_id = (redact(v, secrets) for v in (error_id, platform_message, request_id))
         retryable, needs_operator, advice = self._classify(status, error_id)
         said = f"{error_id}: {platform_message}" if error_id or platform_message else "no error details"
+        # A dyno-limit refusal names the limit and the size it counted ({"limit": 1, "size": "Eco"}).
+        fields = payload if isinstance(payload, dict) else {}
+        limits = [f"{name} {fields[name]}" for name in ("limit", "size") if type(fields.get(name)) in (int, str)]
+        if limits:
+            said += f"; {redact(', '.join(limits), secrets)}"
         message = f"Heroku {action} failed with HTTP {status} ({said}). {advice}"
         if request_id:
             message += f" Heroku request id: {request_id}."
         return LaunchError(
             message,
+            hint=self._hint(status, error_id),
             status=status,
             error_id=error_id,
             platform_message=platform_message,
@@ -323,6 +367,19 @@ class HerokuLauncher(BaseLauncher):
             failure.error_id or "-",
             failure.request_id or "-",
         )
+
+    @staticmethod
+    def _hint(status, error_id):
+        """What to do when this failure keeps coming back, for the report after BUILD_MAX_ATTEMPTS."""
+        if status == 422 and error_id in DYNO_LIMIT_ERROR_IDS:
+            return (
+                "The account's limit on concurrent one-off dynos is reached. An app on Eco dynos may run one one-off "
+                "dyno at a time and two dynos in all, so web and worker leave no room for a build: move the app to "
+                "Basic or larger dynos, or scale the worker down and run `sweepbuilds` from Heroku Scheduler."
+            )
+        if status in (401, 403):
+            return NEW_TOKEN_HINT
+        return ""
 
     def _classify(self, status, error_id):
         """``(retryable, needs_operator, advice)`` for an error status and Heroku error id."""

@@ -1,8 +1,8 @@
 """Run each build as a detached process on this machine (DESIGN §4).
 
-The build is ``<python> manage.py buildstaticsite --build ID --token T`` in the project root, with ``stdin`` from
-``/dev/null`` and its output appended to ``<LOG_DIR>/builds/<ID>.log``, in a session of its own so it outlives the
-web process and stops as a group.
+The build is ``<python> manage.py buildstaticsite --build ID`` in the project root, its token in the environment
+(``PUBLISHER_BUILD_TOKEN``, so no ``ps`` shows it), with ``stdin`` from ``/dev/null`` and its output appended to
+``<LOG_DIR>/builds/<ID>.log``, in a session of its own so it outlives the web process and stops as a group.
 
 The launching process (runserver, gunicorn, the worker) may live for days, so it must neither collect children nor
 leave zombies behind. It therefore does not start the build itself: a short-lived helper Python starts it, reports
@@ -150,7 +150,7 @@ class LocalLauncher(BaseLauncher):
         build_id = int(build_id)
         log_path = self.log_dir() / f"{build_id}.log"
         spec = {
-            "argv": [self.python(), *self.build_arguments(build_id=build_id, token=token)],
+            "argv": [self.python(), *self.build_arguments(build_id=build_id)],
             "cwd": str(self.project_dir()),
             "proc": str(PROC) if PROC.is_dir() else None,
         }
@@ -166,6 +166,8 @@ class LocalLauncher(BaseLauncher):
             os.write(log_fd, f"=== {now} launching build {build_id}\n".encode())
             helper = subprocess.run(
                 [sys.executable, "-I", "-c", SPAWN, json.dumps({**spec, "log_fd": log_fd})],
+                # The helper passes its environment on to the build; the token never reaches a command line.
+                env={**os.environ, **self.build_environment(token=token)},
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 pass_fds=(log_fd,),
@@ -197,6 +199,7 @@ class LocalLauncher(BaseLauncher):
         return handle
 
     def status(self, handle):
+        self._require_handle(handle)
         if handle.get("host") != socket.gethostname():
             return UNKNOWN
         try:
@@ -208,6 +211,7 @@ class LocalLauncher(BaseLauncher):
         return RUNNING
 
     def stop(self, handle):
+        self._require_handle(handle)
         if handle.get("host") != socket.gethostname():
             raise LaunchError(
                 f"Build process {self.describe(handle)} runs on another host; stop it there.",
@@ -285,7 +289,24 @@ class LocalLauncher(BaseLauncher):
     def describe(self, handle):
         return f"pid {handle.get('pid')} on {handle.get('host')}"
 
+    def this_process(self):
+        pid = os.getpid()
+        state = process_state(pid)
+        return {"host": socket.gethostname(), "pid": pid, "started": state[0] if state else None}
+
+    def not_started_hint(self, handle):
+        log = (handle or {}).get("log") or str(self.log_dir())
+        return (
+            f"The build process ended before it started building; its output is in {log}. Check that "
+            f"{self.python()} can run manage.py in {self.project_dir()}."
+        )
+
     # --- helpers --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_handle(handle):
+        if not isinstance(handle, dict) or not isinstance(handle.get("pid"), int) or "host" not in handle:
+            raise LaunchError(f"{handle!r} is not a handle of the local launcher (host and pid).", retryable=False)
 
     @staticmethod
     def _helper_report(helper):

@@ -1,9 +1,11 @@
 import logging
+import os
 import time
 
 from django.core.management.base import BaseCommand, CommandError, SystemCheckError
 
 from ... import builds, interrupts, runner
+from ...launchers import TOKEN_VARIABLE
 from ...models import ACTIVE_STATES, Build
 
 logger = logging.getLogger("publisher.build")
@@ -12,13 +14,16 @@ logger = logging.getLogger("publisher.build")
 class Command(BaseCommand):
     help = (
         "Render the whole static site into a new release and switch the live site to it atomically. "
-        "With --build/--token (as a launcher starts it): claim that build first. Without: a person at a shell "
+        "With --build (as a launcher starts it, the token in $PUBLISHER_BUILD_TOKEN or as --token=T): claim that "
+        "build first. Without: a person at a shell "
         "takes the active slot (exit 3 if a build is active, or wait for it with --wait)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--build", type=int, help="the build to claim (started by a launcher)")
-        parser.add_argument("--token", help="the launch token of that build")
+        parser.add_argument(
+            "--token", help=f"the launch token of that build, written --token=T (default: ${TOKEN_VARIABLE})"
+        )
         parser.add_argument("--wait", action="store_true", help="wait for an active build to end, then build")
         parser.add_argument("--poll", type=float, default=2.0, help="seconds between --wait checks")
 
@@ -30,8 +35,14 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=2) from None
 
     def handle(self, *args, build, token, wait, poll, **options):
+        if build is not None and token is None:
+            # The launchers pass the token in the environment: a command line shows it, and argparse would read
+            # a token starting with "-" as an option.
+            token = os.environ.get(TOKEN_VARIABLE) or None
         if (build is None) != (token is None):
-            raise CommandError("--build and --token go together.", returncode=runner.EXIT_USAGE)
+            raise CommandError(
+                f"--build needs the build's token: ${TOKEN_VARIABLE} or --token=T.", returncode=runner.EXIT_USAGE
+            )
         if build is not None and wait:
             raise CommandError("--wait is for a build started by hand, not with --build.", returncode=2)
         restore = interrupts.install()

@@ -15,6 +15,6 @@ class Command(BaseCommand):
             raise CommandError("--reason must not be blank.", returncode=2)
         outcome = builds.request_build(reason)
         if outcome.ok:
-            self.stdout.write(str(outcome))
+            self.stdout.write(outcome.for_operators)
         else:
-            self.stderr.write(self.style.WARNING(f"Warning: {outcome}"))
+            self.stderr.write(self.style.WARNING(f"Warning: {outcome.for_operators}"))
