@@ -559,6 +559,91 @@ def test_the_key_never_leaks_through_any_path(make_launcher, all_logs, capfd, si
     assert not leaks, f"the API key leaked into: {leaks}"  # names where, not the text (which holds the key)
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # A proxy (HEROKU_API_URL) that echoes the request's headers in its error, in every field it can.
+        {
+            "status": 401,
+            "json": {"id": f"Bearer {LEAK}", "message": f"Unauthorized; you sent Authorization: Bearer {LEAK}."},
+            "headers": {"Request-Id": f"echo-{LEAK}"},
+        },
+        {"status": 502, "json": {"id": "bad_gateway", "message": f"upstream said {LEAK}", "limit": LEAK}},
+        {"body": requests.exceptions.ConnectionError(f"could not connect with headers {{'Authorization': {LEAK}}}")},
+    ],
+)
+def test_the_key_is_redacted_from_whatever_the_platform_answers(make_launcher, all_logs, reply):
+    """Issue 8, defect 8: the key reaches neither the error (so not Build.error nor the admin) nor the log."""
+    launcher = make_launcher(API_KEY=LEAK)
+    with responses.RequestsMock() as rsps:
+        rsps.post(DYNOS, **reply)
+        with pytest.raises(LaunchError) as info:
+            launcher.launch(build_id=1, token="t")
+    error = info.value
+    texts = [str(error), repr(error), str(error.args), str(vars(error)), all_logs.text]
+    assert not [text for text in texts if LEAK in text], "the API key leaked"
+    assert "********" in str(error)
+
+
+@pytest.mark.django_db
+def test_a_redacted_failure_is_what_the_build_records(settings, make_launcher):
+    from publisher import builds
+    from publisher.models import Build
+
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "LAUNCHER": {
+            "BACKEND": "publisher.launchers.heroku.HerokuLauncher",
+            "OPTIONS": {"API_KEY": LEAK, "APP_NAME": APP},
+        },
+    }
+    with responses.RequestsMock() as rsps:
+        rsps.post(DYNOS, status=401, json={"id": "unauthorized", "message": f"Bearer {LEAK} is not valid"})
+        outcome = builds.request_build("publish")
+    build = Build.objects.get()
+    assert LEAK not in build.error and LEAK not in outcome.for_operators and "unauthorized" in build.error
+
+
+def test_a_dyno_limit_refusal_names_the_limit_and_size_and_hints_at_eco(launcher):
+    body = {
+        "id": "cannot_run_above_limit",
+        "message": "Cannot run more than 1 Eco size dynos.",
+        "limit": 1,
+        "size": "Eco",
+    }
+    with responses.RequestsMock() as rsps:
+        rsps.post(DYNOS, status=422, json=body)
+        with pytest.raises(LaunchError) as info:
+            launcher.launch(build_id=1, token="t")
+    assert "limit 1, size Eco" in str(info.value) and info.value.retryable and not info.value.needs_operator
+    assert "Eco" in info.value.hint and "Heroku Scheduler" in info.value.hint
+
+
+def test_this_process_is_the_dyno_named_by_dyno(settings, make_launcher):
+    settings.PUBLISHER = {**settings.PUBLISHER, "DYNO": "run.4821"}
+    launcher = make_launcher()
+    handle = launcher.this_process()
+    assert handle == {"app": APP, "dyno_name": "run.4821"}
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{DYNOS}/run.4821", json=dyno("up"))
+        assert launcher.status(handle) == RUNNING
+    settings.PUBLISHER = {**settings.PUBLISHER, "DYNO": ""}
+    assert make_launcher().this_process() is None
+
+
+@pytest.mark.parametrize("handle", [{"id": "rec-1"}, {"host": "h", "pid": 1}, None, "run.1"])
+def test_a_handle_of_another_launcher_is_a_launch_error_not_a_crash(launcher, handle):
+    with pytest.raises(LaunchError, match="not a Heroku launcher handle"):
+        launcher.status(handle)
+    with pytest.raises(LaunchError, match="not a Heroku launcher handle"):
+        launcher.stop(handle)
+
+
+def test_the_hint_for_a_dyno_that_dies_before_its_claim_names_its_logs_and_the_prefix(launcher):
+    hint = launcher.not_started_hint(HANDLE)
+    assert "heroku logs --app example-app --dyno run.4821" in hint and "HEROKU_COMMAND_PREFIX=launcher" in hint
+
+
 # --- the schema file --------------------------------------------------------------------------------------------
 
 

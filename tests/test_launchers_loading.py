@@ -174,3 +174,29 @@ def test_the_launcher_environment_variable(tmp_path, value, backend, option_name
     assert result["launcher"]["BACKEND"] == backend
     assert sorted(result["launcher"]["OPTIONS"]) == option_names
     assert result["checks"] == check_ids
+
+
+# --- The launcher that started a build (issue 8, defect 5) -----------------------------------------------------
+
+
+def test_a_build_is_judged_by_the_launcher_named_on_it_whatever_launcher_says_now(settings):
+    heroku = {"BACKEND": "publisher.launchers.heroku.HerokuLauncher", "OPTIONS": {"API_KEY": "k", "APP_NAME": "a"}}
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "LAUNCHER": {"BACKEND": "publisher.launchers.recording.RecordingLauncher"},
+        "LAUNCHERS": {"heroku": heroku},
+    }
+    assert isinstance(get_launcher(), RecordingLauncher)
+    assert isinstance(get_launcher("recording"), RecordingLauncher)
+    assert isinstance(get_launcher("local"), LocalLauncher)
+    assert isinstance(get_launcher("manual"), LocalLauncher)
+    launcher = get_launcher("heroku")
+    assert isinstance(launcher, HerokuLauncher) and launcher.app_name == "a"
+    with pytest.raises(ImproperlyConfigured, match="No launcher named 'retired'"):
+        get_launcher("retired")
+
+
+def test_the_settings_configure_every_built_in_launcher():
+    from settings.settings import PUBLISHER
+
+    assert set(PUBLISHER["LAUNCHERS"]) == {"local", "heroku"}

@@ -344,3 +344,18 @@ def test_check_reports_problems(settings, tmp_path):
     settings.PUBLISHER = {**settings.PUBLISHER, "LOG_DIR": tmp_path / "a-file" / "log"}
     launcher = LocalLauncher(PROJECT_DIR=str(tmp_path), PYTHON=str(tmp_path / "a-file"), STOP_GRACE=-1)
     assert ids(launcher.check()) == ["publisher.E020", "publisher.E021", "publisher.E022", "publisher.W020"]
+
+
+def test_this_process_is_a_handle_the_launcher_judges_running(log_dir):
+    launcher = LocalLauncher()
+    handle = launcher.this_process()
+    assert handle["pid"] == os.getpid() and handle["host"] == socket.gethostname()
+    assert launcher.status(handle) == RUNNING
+
+
+@pytest.mark.parametrize("handle", [{"id": "rec-1"}, {"app": "a", "dyno_name": "run.1"}, None])
+def test_a_handle_of_another_launcher_is_a_launch_error_not_a_crash(handle):
+    with pytest.raises(LaunchError, match="not a handle of the local launcher"):
+        LocalLauncher().status(handle)
+    with pytest.raises(LaunchError, match="not a handle of the local launcher"):
+        LocalLauncher().stop(handle)

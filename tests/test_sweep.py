@@ -398,3 +398,195 @@ def test_pruning_is_bounded_per_pass(clock):
     clock.advance(3601)
     sweep.sweep()
     assert Build.objects.count() == 0
+
+
+# --- Issue 8: hardening -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_handles(monkeypatch):
+    """The recording launcher describes the process calling it, as a real launcher does (``this_process``)."""
+    monkeypatch.setattr(recording.RecordingLauncher, "this_process", lambda self: {"id": "self-1"})
+
+
+def test_a_build_whose_handle_was_never_recorded_records_its_own_and_is_judged(clock, own_handles):
+    """Defect 4: the launching process died between the launcher call and recording the handle."""
+    builds.request_build("published")
+    launch = recording.launches[-1]
+    Build.objects.filter(pk=launch["build_id"]).update(handle=None)  # the launching process died before it
+    builds.claim(launch["build_id"], launch["token"])
+    b = build()
+    assert b.state == S.RUNNING and b.handle == {"id": "self-1"}
+    recording.statuses["self-1"] = GONE  # then the build dies too
+    clock.advance(121)
+    sweep.sweep()
+    lost = Build.objects.get(pk=launch["build_id"])
+    assert lost.state == S.LOST, "judged at once, not left 'status unknown' until BUILD_TIMEOUT"
+    assert BuildRequest.objects.filter(retry_of=lost).exists()
+
+
+def test_a_claim_keeps_the_handle_the_launcher_recorded(clock, own_handles):
+    c = running(clock)
+    assert Build.objects.get(pk=c.build_id).handle == recording.launches[-1]["handle"]
+
+
+def test_each_build_is_judged_by_the_launcher_that_started_it(clock, settings):
+    """Defect 5: LAUNCHER switched to heroku while a local build is open; the local launcher judges it, and Heroku's
+    API is never asked about a local handle."""
+    dead_pid = {"host": __import__("socket").gethostname(), "pid": 2**22 + 7, "started": 1}
+    c = running(clock)
+    Build.objects.filter(pk=c.build_id).update(launcher="local", handle=dead_pid)
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "LAUNCHER": {
+            "BACKEND": "publisher.launchers.heroku.HerokuLauncher",
+            "OPTIONS": {"API_KEY": "key-0123456789", "APP_NAME": "app", "API_URL": "https://heroku.test"},
+        },
+    }
+    queued_request = builds.record_request("a publish whose dispatch never ran", dispatch_after_commit=False)
+    clock.advance(121)
+    import responses
+
+    with responses.RequestsMock() as rsps:  # any other call to Heroku fails the test
+        rsps.post("https://heroku.test/apps/app/dynos", json={"id": "d-1", "name": "run.1"}, status=201)
+        done = sweep.sweep()
+        assert [call.request.method for call in rsps.calls] == ["POST"], "the retry is launched on Heroku"
+    assert Build.objects.get(pk=c.build_id).state == S.LOST, str(done)
+    assert BuildRequest.objects.get(pk=queued_request).build is not None, "the pass went on to attach requests"
+
+
+def test_an_unexpected_error_on_one_build_is_logged_and_the_pass_goes_on(clock, monkeypatch, caplog):
+    running(clock)
+    request_id = builds.record_request("a publish whose dispatch never ran", dispatch_after_commit=False)
+
+    def broken(self, handle):
+        raise KeyError("dyno_name")
+
+    monkeypatch.setattr(recording.RecordingLauncher, "status", broken)
+    clock.advance(121)
+    done = sweep.sweep()
+    assert "Checking build #1 failed: KeyError" in str(done)
+    assert "Traceback" in caplog.text and "KeyError: 'dyno_name'" in caplog.text
+    assert BuildRequest.objects.get(pk=request_id).build is not None
+    assert SweepStatus.objects.get().passes == 1, "the pass was recorded"
+
+
+def test_a_build_started_by_a_launcher_no_longer_configured_waits_as_unknown(clock, caplog):
+    c = running(clock)
+    Build.objects.filter(pk=c.build_id).update(launcher="retired")
+    clock.advance(121)
+    sweep.sweep()
+    assert Build.objects.get(pk=c.build_id).state == S.RUNNING
+    assert "No launcher named 'retired' is configured" in caplog.text
+
+
+def test_a_failing_build_stalled_receiver_does_not_stop_the_report_or_the_pass(clock, caplog):
+    c = running(clock)
+
+    def broken_receiver(sender, **kwargs):
+        raise RuntimeError("the integration is down")
+
+    build_stalled.connect(broken_receiver, dispatch_uid="test-broken")
+    try:
+        clock.advance(100)
+        builds.heartbeat(c)  # alive but not progressing
+        clock.advance(850)
+        done = sweep.sweep()
+    finally:
+        build_stalled.disconnect(dispatch_uid="test-broken")
+    assert "stalled" in str(done) and any("is stalled" in m.subject for m in mail.outbox)
+    assert "the integration is down" in caplog.text and "build_stalled receiver" in caplog.text
+
+
+def launched_and_gone(clock):
+    b = build()
+    status_of(b, GONE)
+    clock.advance(301)
+    sweep.sweep()
+    return Build.objects.get(pk=b.pk)
+
+
+def test_a_build_that_dies_before_its_claim_again_and_again_is_reported_once_and_kept(clock):
+    """Defect 6: a dyno that dies before claiming (``python: command not found``) is retried forever; after
+    BUILD_MAX_ATTEMPTS (3 here) failed attempts it is reported once, with the last error and a hint."""
+    builds.request_build("published")
+    for attempt in range(1, 7):
+        b = launched_and_gone(clock)
+        assert b.state == S.QUEUED and b.attempt == attempt + 1
+        clock.advance(3600)
+        sweep.sweep()  # relaunched
+        assert build().state == S.LAUNCHED
+        reports = [m for m in mail.outbox if "keeps failing to start" in m.subject]
+        assert len(reports) == (1 if attempt >= 3 else 0)
+    (report,) = reports
+    assert "has failed to start 3 times" in report.body and "ended before it started building" in report.body
+    assert "look at its output" in report.body  # the launcher's hint
+
+
+def test_a_launch_refused_for_the_dyno_limit_again_and_again_is_reported_once(clock):
+    limit = LaunchError(
+        "Heroku launch failed with HTTP 422 (cannot_run_above_limit: Cannot run more than 1 Eco size dynos.; "
+        "limit 1, size Eco).",
+        status=422,
+        error_id="cannot_run_above_limit",
+        hint="An app on Eco dynos may run one one-off dyno at a time",
+    )
+    recording.fail_next(limit, times=10)
+    builds.request_build("published")
+    for _ in range(6):
+        clock.advance(3600)
+        sweep.sweep()
+    b = build()
+    assert b.state == S.QUEUED and b.attempt == 8, "kept: a publish is never dropped"
+    (report,) = mail.outbox
+    assert "keeps failing to start" in report.subject
+    assert "limit 1, size Eco" in report.body and "An app on Eco dynos" in report.body
+
+
+def test_a_sweeper_whose_clock_runs_ahead_does_not_time_out_a_healthy_build(monkeypatch, settings):
+    """Defect 7 (no clock fixture: the real clocks). Ages are judged against the database's clock."""
+    from django.utils import timezone
+
+    running(None)
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(hours=4))  # BUILD_TIMEOUT is 3 h
+    sweep.sweep()
+    assert build().state == S.RUNNING and build().error == ""
+
+
+def test_a_request_from_a_process_whose_clock_runs_ahead_is_not_hidden_from_the_sweep(monkeypatch):
+    from django.utils import timezone
+
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(hours=1))  # the web process's clock
+    request_id = builds.record_request("published by a web dyno that died", dispatch_after_commit=False)
+    monkeypatch.setattr(timezone, "now", real_now)
+    monkeypatch.setattr(sweep, "UNATTACHED_GRACE", 0)
+    sweep.sweep()
+    assert BuildRequest.objects.get(pk=request_id).build is not None
+
+
+def test_the_database_clock_is_aware_and_close(db):
+    from django.utils import timezone
+
+    at = builds.now()
+    assert timezone.is_aware(at) and abs((at - timezone.now()).total_seconds()) < 5
+
+
+def test_concurrent_sweeps_do_not_each_claim_the_same_attachment(clock):
+    request_id = builds.record_request("published", dispatch_after_commit=False)
+    assert builds.attach_requests([request_id]) is not None
+    assert builds.attach_requests([request_id]) is None
+
+
+def test_an_idle_worker_says_it_is_alive_now_and_then(clock, monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="publisher.sweep")
+    now = [1000.0]
+    monkeypatch.setattr(sweep, "_last_logged", None)
+    monkeypatch.setattr(sweep.time, "monotonic", lambda: now[0])
+    for at in (1000.0, 1100.0, 1400.0):  # logged, quiet (100 s later), logged (300 s after the first)
+        now[0] = at
+        sweep.sweep()
+    assert caplog.text.count("Sweep: idle") == 2
