@@ -460,3 +460,36 @@ def test_a_failed_launch_hands_its_requests_to_a_queued_build_that_appeared_mean
     queued = Build.objects.get(state=S.QUEUED)
     assert first.state == S.FAILED and "moved to the queued build" in first.error
     assert list(queued.requests.values_list("reason", flat=True)) == ["first"]
+
+
+# --- Words for editors (issue 8, defect 10) ----------------------------------------------------------------------
+
+
+def test_a_launch_whose_answer_was_lost_says_the_build_started(monkeypatch):
+    """The dyno was created and claimed the build; only the launcher's answer was lost (a read timeout)."""
+    real_launch = recording.RecordingLauncher.launch
+
+    def launch_then_lose_the_answer(self, *, build_id, token):
+        real_launch(self, build_id=build_id, token=token)
+        builds.claim(build_id, token)  # the dyno starts and claims before the answer arrives
+        raise LaunchError("Heroku launch failed: the API at api.heroku.com did not answer in time (ReadTimeout).")
+
+    monkeypatch.setattr(recording.RecordingLauncher, "launch", launch_then_lose_the_answer)
+    outcome = builds.request_build("publish")
+    assert outcome.ok and str(outcome) == "Build #1 has started; your change is live when it finishes."
+    assert "answer was lost" in outcome.for_operators and "did not answer in time" in outcome.for_operators
+    assert only_build().state == S.RUNNING
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        LaunchError("Heroku launch failed with HTTP 503 (unavailable: down.). Heroku request id: r-1."),
+        LaunchError("The Heroku launcher is not configured: set HEROKU_API_KEY.", needs_operator=True),
+    ],
+)
+def test_what_an_editor_reads_after_a_failed_launch_is_one_short_sentence(error):
+    recording.fail_next(error)
+    outcome = builds.request_build("publish")
+    assert ".." not in str(outcome) and str(outcome).count(".") == 1 and "Heroku" not in str(outcome)
+    assert str(error) in outcome.for_operators
