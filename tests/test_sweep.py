@@ -573,10 +573,19 @@ def test_the_database_clock_is_aware_and_close(db):
     assert timezone.is_aware(at) and abs((at - timezone.now()).total_seconds()) < 5
 
 
-def test_concurrent_sweeps_do_not_each_claim_the_same_attachment(clock):
+def test_concurrent_sweeps_do_not_each_claim_the_same_attachment(clock, monkeypatch):
+    """Two passes both see the request unattached; the one whose update finds it attached says nothing."""
     request_id = builds.record_request("published", dispatch_after_commit=False)
-    assert builds.attach_requests([request_id]) is not None
+    find_target = builds._attach_target
+
+    def another_sweep_attaches_first(at):
+        target, outcome = find_target(at)
+        BuildRequest.objects.filter(pk=request_id).update(build_id=target)
+        return target, outcome
+
+    monkeypatch.setattr(builds, "_attach_target", another_sweep_attaches_first)
     assert builds.attach_requests([request_id]) is None
+    assert BuildRequest.objects.get(pk=request_id).build is not None
 
 
 def test_an_idle_worker_says_it_is_alive_now_and_then(clock, monkeypatch, caplog):
