@@ -48,8 +48,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
-    "django_q",
+    # publisher before django_q: its qcluster command (publisher.worker.Cluster) takes the place of django-q2's.
     "publisher",
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -162,6 +163,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "publisher": {"handlers": ["console"], "level": env.string("PUBLISHER_LOG_LEVEL", "INFO"), "propagate": False},
+        # django-q2 sets up its own INFO handler only when no handler exists up to the root; ours does, so its
+        # records fall to the root's WARNING. The worker's start and stop are logged under publisher.worker; set
+        # Q_LOG_LEVEL=INFO for django-q2's own lines (three a minute: the schedule, the task, its result).
+        "django-q": {"handlers": ["console"], "level": env.string("Q_LOG_LEVEL", "WARNING"), "propagate": False},
     },
 }
 
@@ -185,6 +190,9 @@ Q_CLUSTER = {
     # The broker checks for queued tasks this often (seconds); the schedule itself is checked every 30 s. Ten
     # seconds keeps an idle database quiet (6 queries a minute instead of 300 at the default 0.2 s).
     "poll": env.integer("Q_POLL", 10),
+    # django-q2's ORM broker with the same queries, but no sleep longer than half a second in between: django-q2's
+    # own sleeps `poll` seconds at a time, and a stopping worker waited for it (publisher/worker.py).
+    "broker_class": "publisher.worker.ORMBroker",
     # Keep a few results for operators; the sweep prunes older task rows.
     "save_limit": 50,
     "label": "Tasks",
