@@ -20,6 +20,11 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	t = re.sub(r'(?m)^DEV_ADMIN_PASSWORD=.*$$', 'DEV_ADMIN_PASSWORD=' + secrets.token_urlsafe(12), t); \
 	pathlib.Path('.env').write_text(t)"
 
+# SITE_URL follows PORT unless the environment or .env sets it. It is exported here, to every process, because honcho
+# gives each process its own PORT (the worker's is not the web's).
+ENVIRONMENT_SITE_URL := $(SITE_URL)
+DOTENV_SITE_URL = $(shell $(BIN)/python -c "from dotenv import dotenv_values; print(dotenv_values('.env').get('SITE_URL') or '')")
+run: private export SITE_URL = $(or $(ENVIRONMENT_SITE_URL),$(DOTENV_SITE_URL),http://127.0.0.1:$(PORT)/site/)
 run: $(BIN)/.installed .env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py devsetup --port $(PORT)
