@@ -1,0 +1,55 @@
+"""``devsetup`` (run by ``make run``) says what publishing the demo pages did instead of asking for a manual build."""
+
+import io
+
+import pytest
+from django.core.management import call_command
+
+from publisher.launchers import LaunchError
+from publisher.models import Build, BuildRequest, Page
+
+pytestmark = pytest.mark.django_db(transaction=True)  # real commits: the request is dispatched on commit
+
+SITE_URL = "http://127.0.0.1:8001/site/"
+
+
+@pytest.fixture
+def dev(settings):
+    settings.DEBUG = True
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_URL": SITE_URL}
+
+
+def devsetup():
+    out = io.StringIO()
+    call_command("devsetup", "--port", "8001", stdout=out)
+    return out.getvalue()
+
+
+def test_it_says_which_build_publishing_the_demo_pages_launched(dev, recording_launcher):
+    output = devsetup()
+    build = Build.objects.get()
+    assert Page.objects.count() == 3 and BuildRequest.objects.count() == 1
+    assert len(recording_launcher.launches) == 1  # the build is launched already
+    assert f"publishing them requested build #{build.pk}." in output
+    assert f"Build #{build.pk} has started" in output and "recorded launch" in output  # what the build system said
+    assert f"The site appears at {SITE_URL} when it finishes" in output
+    assert f"Site:   {SITE_URL}" in output
+    assert "buildstaticsite" not in output  # nothing to do by hand
+
+
+def test_a_launch_that_failed_is_said_as_such(dev, recording_launcher):
+    recording_launcher.fail_next(LaunchError("the platform is busy", status=503))
+    output = devsetup()
+    build = Build.objects.get()
+    assert f"publishing them requested build #{build.pk}." in output
+    assert "could not start yet" in output and "has started" not in output
+    assert "Builds in the admin show how it goes: http://127.0.0.1:8001/admin/publisher/build/" in output
+
+
+def test_when_the_pages_exist_it_claims_no_build(dev):
+    devsetup()
+    output = devsetup()
+    assert BuildRequest.objects.count() == 1  # the second run published nothing
+    assert "requested build" not in output and "appears at" not in output
+    assert "Demo pages exist already; nothing was published" in output
+    assert "http://127.0.0.1:8001/admin/publisher/build/" in output
