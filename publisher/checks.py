@@ -73,3 +73,26 @@ def check_build_settings(app_configs=None, **kwargs):
     if not errors and config.BUILD_RETRY_MAX < config.BUILD_RETRY_BASE:
         errors.append(checks.Error("BUILD_RETRY_MAX must not be less than BUILD_RETRY_BASE.", id=E004))
     return errors
+
+
+E030 = "publisher.E030"  # the destination cannot be loaded
+
+
+@checks.register()
+def check_destination(app_configs=None, **kwargs):
+    """The configured destination loads, and reports its own configuration problems."""
+    from .conf import get_config
+    from .destinations import get_destination
+
+    try:
+        get_config()
+        destination = get_destination()
+    except ImproperlyConfigured as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint="Set SITE_DESTINATION to 'local', 's3', or the dotted path of a destination class.",
+                id=E030,
+            )
+        ]
+    return list(destination.check())

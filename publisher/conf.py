@@ -13,6 +13,8 @@ class Config:
     #: Every launcher that may have started an open build, by its ``name``: a build is judged and stopped by the
     #: launcher that started it (``Build.launcher``), whatever ``LAUNCHER`` says now. ``LAUNCHER`` is always included.
     LAUNCHERS: dict = field(default_factory=dict)
+    #: Where releases go (DESIGN §5): ``{"BACKEND": dotted path, "OPTIONS": {...}}``.
+    DESTINATION: dict = field(default_factory=lambda: {"BACKEND": "publisher.destinations.local.LocalDestination"})
     #: The Heroku dyno this process runs in (``$DYNO``), or empty.
     DYNO: str = ""
     SITE_ROOT: Path = Path("var/site")

@@ -7,7 +7,7 @@ build with a ``RenderError`` that names the page.
 """
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from django.contrib.staticfiles import finders
 from django.core.exceptions import ValidationError
@@ -19,6 +19,12 @@ INDEX_PAGE_SIZE = 100
 SITEMAP_MAX_URLS = 50_000
 SITEMAP_RENDER_CHUNK = 1_000
 STYLESHEET = "publisher/site.css"
+#: Where ``page_path`` checks a page's file against: the release's own root, whatever the destination.
+RELEASE_ROOT = Path("/release")
+HTML = "text/html; charset=utf-8"
+XML = "application/xml; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+CSS = "text/css; charset=utf-8"
 
 
 class RenderError(Exception):
@@ -60,8 +66,8 @@ class IndexWriter:
     Holds at most one index page of entries plus one look-ahead, so it never needs the total in advance.
     """
 
-    def __init__(self, directory):
-        self.directory = directory
+    def __init__(self, release):
+        self.release = release
         self.template = get_template("publisher/site/index.html")
         self.entries = []
         self.number = 1
@@ -77,7 +83,7 @@ class IndexWriter:
     def _flush(self, *, has_next):
         n = self.number
         root = "" if n == 1 else "../../"
-        path = self.directory / "index.html" if n == 1 else self.directory / "page" / str(n) / "index.html"
+        path = "index.html" if n == 1 else f"page/{n}/index.html"
         previous = None if n == 1 else (f"{root}" if n == 2 else f"{root}page/{n - 1}/")
         context = {
             "entries": self.entries,
@@ -86,16 +92,19 @@ class IndexWriter:
             "previous_url": previous,
             "next_url": f"{root}page/{n + 1}/" if has_next else None,
         }
-        _write(path, self.template.render(context))
+        self.release.add(path, self.template.render(context), HTML)
         self.entries = []
         self.number += 1
 
 
 class SitemapWriter:
-    """Writes ``sitemap.xml``; above ``SITEMAP_MAX_URLS`` URLs, ``sitemap-N.xml`` files and a sitemap index."""
+    """Writes ``sitemap.xml``; above ``SITEMAP_MAX_URLS`` URLs, ``sitemap-N.xml`` files and a sitemap index.
 
-    def __init__(self, directory, base_url):
-        self.directory = directory
+    One sitemap file (at most 50,000 URLs) is held in memory until it is complete.
+    """
+
+    def __init__(self, release, base_url):
+        self.release = release
         self.base_url = base_url
         self.urlset_head, self.urlset_tail = get_template("publisher/site/urlset.xml").render({}).split("<!--urls-->")
         self.urls_template = get_template("publisher/site/urls.xml")
@@ -103,10 +112,11 @@ class SitemapWriter:
         self.files = 0
         self.count = 0
         self.buffer = []
-        self.handle = None
+        self.parts = None  # the text of the sitemap file being written
+        self.first = None  # sitemap-1's text, until we know whether it is the only file
 
     def add(self, loc, lastmod=None):
-        if self.handle is None or self.count == SITEMAP_MAX_URLS:
+        if self.parts is None or self.count == SITEMAP_MAX_URLS:
             self._next_file()
         self.buffer.append({"loc": loc, "lastmod": lastmod})
         self.count += 1
@@ -115,58 +125,61 @@ class SitemapWriter:
 
     def _drain(self):
         if self.buffer:
-            self.handle.write(self.urls_template.render({"urls": self.buffer}))
+            self.parts.append(self.urls_template.render({"urls": self.buffer}))
             self.buffer = []
 
     def _next_file(self):
         self._close_file()
         self.files += 1
         self.count = 0
-        self.handle = open(self.directory / f"sitemap-{self.files}.xml", "w", encoding="utf-8")
-        self.handle.write(self.urlset_head)
+        self.parts = [self.urlset_head]
 
     def _close_file(self):
-        if self.handle is not None:
-            self._drain()
-            self.handle.write(self.urlset_tail)
-            self.handle.close()
-            self.handle = None
+        if self.parts is None:
+            return
+        self._drain()
+        self.parts.append(self.urlset_tail)
+        text = "".join(self.parts)
+        self.parts = None
+        if self.files == 1:
+            self.first = text
+            return
+        if self.first is not None:
+            self.release.add("sitemap-1.xml", self.first, XML)
+            self.first = None
+        self.release.add(f"sitemap-{self.files}.xml", text, XML)
 
     def close(self):
         self._close_file()
         if self.files == 1:
-            (self.directory / "sitemap-1.xml").rename(self.directory / "sitemap.xml")
+            self.release.add("sitemap.xml", self.first, XML)
             return
         sitemaps = [page_url(self.base_url) + f"sitemap-{n}.xml" for n in range(1, self.files + 1)]
-        _write(self.directory / "sitemap.xml", self.index_template.render({"sitemaps": sitemaps}))
+        self.release.add("sitemap.xml", self.index_template.render({"sitemaps": sitemaps}), XML)
 
 
-def render_site(directory, *, base_url, progress):
-    """Write every file of a release into ``directory``; returns the number of pages written."""
-    directory = Path(directory)
+def render_site(release, *, base_url, progress):
+    """Hand every file of a release to ``release`` (a ``ReleaseWriter``: ``add(path, data, content_type)``);
+    returns the number of pages rendered."""
     pages = published_pages()
     progress.start(pages.count())
     page_template = get_template("publisher/site/page.html")
-    index = IndexWriter(directory)
-    sitemap = SitemapWriter(directory, base_url)
+    index = IndexWriter(release)
+    sitemap = SitemapWriter(release, base_url)
     sitemap.add(page_url(base_url))
     done = 0
     for page in pages.iterator(chunk_size=2000):
-        _write(page_path(directory, page.slug, page_id=page.pk), page_template.render({"page": page, "root": "../"}))
+        path = page_path(RELEASE_ROOT, page.slug, page_id=page.pk).relative_to(RELEASE_ROOT)
+        release.add(PurePosixPath(path).as_posix(), page_template.render({"page": page, "root": "../"}), HTML)
         index.add(page.slug, page.title)
         sitemap.add(page_url(base_url, page.slug), page.updated_at)
         done += 1
         progress.advance(done)
     index.close()
     sitemap.close()
-    _write(directory / "404.html", get_template("publisher/site/404.html").render({"root": page_url(base_url)}))
-    _write(directory / "robots.txt", f"User-agent: *\nAllow: /\nSitemap: {page_url(base_url)}sitemap.xml\n")
+    release.add("404.html", get_template("publisher/site/404.html").render({"root": page_url(base_url)}), HTML)
+    release.add("robots.txt", f"User-agent: *\nAllow: /\nSitemap: {page_url(base_url)}sitemap.xml\n", TEXT)
     stylesheet = finders.find(STYLESHEET)
-    _write(directory / "static" / "site.css", Path(stylesheet).read_text(encoding="utf-8"))
+    release.add("static/site.css", Path(stylesheet).read_bytes(), CSS)
     progress.finish(done)
     return done
-
-
-def _write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")

@@ -217,12 +217,34 @@ _launcher_options = {
     },
 }
 
+DESTINATIONS = {
+    "local": "publisher.destinations.local.LocalDestination",
+    "s3": "publisher.destinations.s3.S3Destination",
+}
+_destination = env.string("SITE_DESTINATION", "local")
+_destination_options = {
+    "local": {},
+    "s3": {
+        "BUCKET": env.string("SITE_S3_BUCKET", ""),
+        "PREFIX": env.string("SITE_S3_PREFIX", ""),
+        "ENDPOINT_URL": env.string("SITE_S3_ENDPOINT_URL", ""),
+        "REGION": env.string("SITE_S3_REGION", ""),
+        "CLOUDFRONT_KVS_ARN": env.string("SITE_CLOUDFRONT_KVS_ARN", ""),
+        "MIRROR_PREFIX": env.string("SITE_S3_MIRROR_PREFIX", ""),
+    },
+}
+
 PUBLISHER = {
     # An unknown name is passed through as a dotted path; the app reports it (publisher.E001) if it cannot load it.
     "LAUNCHER": {"BACKEND": LAUNCHERS.get(_launcher, _launcher), "OPTIONS": _launcher_options.get(_launcher, {})},
     # Builds are judged and stopped by the launcher that started them: switching LAUNCHER leaves the others usable.
     "LAUNCHERS": {name: {"BACKEND": LAUNCHERS[name], "OPTIONS": _launcher_options[name]} for name in LAUNCHERS},
     "DYNO": env.string("DYNO", ""),
+    # An unknown name is passed through as a dotted path, like LAUNCHER.
+    "DESTINATION": {
+        "BACKEND": DESTINATIONS.get(_destination, _destination),
+        "OPTIONS": _destination_options.get(_destination, {}),
+    },
     "SITE_ROOT": project_path(env.string("SITE_ROOT", "var/site")),
     "SITE_URL": env.url("SITE_URL", "http://127.0.0.1:8000/site/"),
     "SITE_RELEASES_KEPT": env.integer("SITE_RELEASES_KEPT", 5),

@@ -15,6 +15,16 @@ pytest_plugins = ["tests.launcher_fixtures"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def no_pending_signal():
+    """A SIGTERM one test simulates never reaches the next (the command's ``interrupts.install()`` resets it too)."""
+    from publisher import interrupts
+
+    yield
+    interrupts._pending = None
+    interrupts._deferred = 0
+
+
 @pytest.fixture
 def clock(monkeypatch):
     """A controllable clock for the build state machine and the sweep (``publisher.builds.now``)."""

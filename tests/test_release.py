@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -8,9 +9,9 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from publisher import release as release_module
 from publisher import render
 from publisher.conf import get_config
+from publisher.destinations import local as release_module
 from publisher.models import Build, Page
 from publisher.progress import Progress
 from publisher.release import SiteRoot, build_release, prune_releases
@@ -58,6 +59,7 @@ def test_release_files_and_escaped_content(site_root):
         "about/index.html",
         "hello/index.html",
         "index.html",
+        "manifest.json",
         "release.json",
         "robots.txt",
         "sitemap.xml",
@@ -73,6 +75,14 @@ def test_release_files_and_escaped_content(site_root):
     assert "Fish &amp; &lt;Chips&gt;" in index
     meta = json.loads((current / "release.json").read_text())
     assert meta["build"] == 7 and meta["attempt"] == 2 and meta["pages"] == 2 and meta["time"]
+    manifest = json.loads((current / "manifest.json").read_text())
+    assert manifest["release"] == outcome.name and manifest["pages"] == 2
+    assert sorted(manifest["files"]) == [f for f in files if f not in ("manifest.json", "release.json")]
+    for path, entry in manifest["files"].items():
+        data = (current / path).read_bytes()
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["files"]["hello/index.html"]["type"] == "text/html; charset=utf-8"
+    assert manifest["files"]["static/site.css"]["type"] == "text/css; charset=utf-8"
     urls = [el.text for el in ET.parse(current / "sitemap.xml").getroot().iter(f"{SITEMAP_NS}loc")]
     assert urls == [
         "http://127.0.0.1:8000/site/",

@@ -1,0 +1,164 @@
+"""The destination contract (DESIGN §5): where a rendered release goes and how it goes live.
+
+A destination is a backend like a launcher: picked by ``SITE_DESTINATION`` (``PUBLISHER["DESTINATION"]``), built
+with its options (unknown names refused), settings read when it is built. Rendering never knows where files end
+up: it hands each file to the ``ReleaseWriter`` that ``begin`` returns, which records the manifest. ``publish``
+seals the release (its manifest is written last) and moves the live pointer in one write, never to a release older
+than the live one. Failures raise ``DestinationError`` (or a subclass) with the store's error code and request id.
+"""
+
+import datetime
+import re
+from dataclasses import dataclass
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .manifest import FileEntry, Manifest
+
+NAME_PATTERN = re.compile(r"^(?P<time>\d{8}T\d{6})-b(?P<build>\d+)-a(?P<attempt>\d+)$")
+
+
+def release_name(*, build_id, attempt, now):
+    return f"{now.astimezone(datetime.UTC):%Y%m%dT%H%M%S}-b{int(build_id)}-a{int(attempt)}"
+
+
+def release_order(name):
+    """Sort key of a release name: by build, then attempt (newer builds supersede older ones)."""
+    match = NAME_PATTERN.match(name or "")
+    return (int(match["build"]), int(match["attempt"]), match["time"]) if match else (-1, -1, "")
+
+
+class DestinationError(Exception):
+    """A destination call failed; the live site is unchanged. ``code`` and ``request_id`` are the store's."""
+
+    def __init__(self, message, *, code=None, request_id=None, retryable=True):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.request_id = request_id
+        self.retryable = retryable
+
+    def __str__(self):
+        return self.message
+
+
+class ReleaseNotFound(DestinationError):
+    """No sealed release has that name."""
+
+
+class PointerMoved(DestinationError):
+    """The live pointer changed since this build read it: another build or a rollback won the cutover."""
+
+
+@dataclass(frozen=True)
+class LiveRelease:
+    """What the live pointer says."""
+
+    release: str
+    build: int | None = None
+    attempt: int | None = None
+    switched_at: str = ""
+    previous: str | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ``publish`` did: whether the release went live, and the transfer counts for the build's history."""
+
+    went_live: bool
+    uploaded: int = 0
+    copied: int = 0
+    bytes_uploaded: int = 0
+
+
+class ReleaseWriter:
+    """One release being written. Subclasses implement ``_store``; ``add`` records the manifest."""
+
+    def __init__(self, destination, *, name, build, attempt, parent):
+        self.destination = destination
+        self.name = name
+        self.manifest = Manifest(release=name, build=int(build), attempt=int(attempt), parent=parent)
+
+    def add(self, path, data, content_type):
+        """Store one file of the release (``data`` is bytes or text, written as UTF-8)."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        entry = FileEntry.of(path, data, content_type)
+        self._store(entry, data)
+        self.manifest.add(entry)
+        return entry
+
+    def _store(self, entry, data):
+        raise NotImplementedError(f"{type(self).__name__} must implement _store()")
+
+    def abort(self):
+        """Remove what this writer stored; the live site is untouched (a no-op where leftovers are collected)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement abort()")
+
+
+class BaseDestination:
+    """The contract. Subclasses implement every method below that raises ``NotImplementedError``."""
+
+    name = "base"
+    option_defaults = {}
+
+    def __init__(self, **options):
+        from ..conf import get_config
+
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{type(self).__name__} does not accept option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self.option_defaults)) or 'none'}."
+            )
+        self.options = {**self.option_defaults, **options}
+        self.config = get_config()
+
+    def live_release(self):
+        """The ``LiveRelease`` the pointer names, or ``None`` before the first publish."""
+        raise NotImplementedError(f"{type(self).__name__} must implement live_release()")
+
+    def live_manifest(self):
+        """The manifest of the live release, or ``None``."""
+        live = self.live_release()
+        return self.manifest(live.release) if live else None
+
+    def manifest(self, name):
+        """The sealed manifest of release ``name``; ``ReleaseNotFound`` when it is not sealed."""
+        raise NotImplementedError(f"{type(self).__name__} must implement manifest()")
+
+    def begin(self, *, name, build, attempt):
+        """A ``ReleaseWriter`` for a new release; leftovers of dead builds are removed or reused here."""
+        raise NotImplementedError(f"{type(self).__name__} must implement begin()")
+
+    def publish(self, writer, *, pages, expected_live, after_switch=None):
+        """Seal ``writer``'s release and make it live in one write, conditional on the pointer being
+        ``expected_live`` (a ``LiveRelease`` or ``None``) and never to a release older than the live one.
+        ``after_switch(published)`` runs right after the switch (the build records its success there).
+        Returns ``Published``; raises ``PointerMoved`` when another cutover won."""
+        raise NotImplementedError(f"{type(self).__name__} must implement publish()")
+
+    def rollback(self, name):
+        """Make the sealed release ``name`` live (one pointer write, older releases allowed). Returns LiveRelease."""
+        raise NotImplementedError(f"{type(self).__name__} must implement rollback()")
+
+    def releases(self):
+        """Names of the sealed releases, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} must implement releases()")
+
+    def prune(self):
+        """Remove old releases (keeping the live one and the newest ``SITE_RELEASES_KEPT``); interruptible at any
+        instant. Returns the names removed."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prune()")
+
+    def open(self, name, path):
+        """The bytes of file ``path`` of sealed release ``name`` (for serving); ``ReleaseNotFound`` if absent."""
+        raise NotImplementedError(f"{type(self).__name__} must implement open()")
+
+    def check(self):
+        """A list of ``django.core.checks`` messages about this destination's configuration."""
+        raise NotImplementedError(f"{type(self).__name__} must implement check()")
+
+    def describe(self):
+        """A few words naming where the site goes (``/srv/site``, ``s3://bucket/prefix``)."""
+        return self.name

@@ -1,0 +1,76 @@
+"""The manifest of a release (DESIGN §5): every file's path, SHA-256, size and content type.
+
+It is how a build knows what changed against the live release, and it seals the release: a release without its
+manifest is not complete. Both sides of a destination share this value object.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    size: int
+    content_type: str
+
+    @classmethod
+    def of(cls, path, data, content_type):
+        return cls(path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data), content_type=content_type)
+
+
+@dataclass
+class Manifest:
+    release: str
+    build: int
+    attempt: int
+    created_at: str = ""
+    parent: str | None = None
+    pages: int = 0
+    files: dict = field(default_factory=dict)  # path -> FileEntry
+
+    def add(self, entry):
+        self.files[entry.path] = entry
+
+    @property
+    def total_bytes(self):
+        return sum(entry.size for entry in self.files.values())
+
+    def to_json(self):
+        data = {
+            "format": FORMAT,
+            "release": self.release,
+            "build": self.build,
+            "attempt": self.attempt,
+            "created_at": self.created_at,
+            "parent": self.parent,
+            "pages": self.pages,
+            "files": {
+                path: {"sha256": e.sha256, "size": e.size, "type": e.content_type}
+                for path, e in sorted(self.files.items())
+            },
+        }
+        return json.dumps(data, separators=(",", ":"), sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text):
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError("not a publisher release manifest (format 1)")
+        files = {
+            path: FileEntry(path=path, sha256=f["sha256"], size=int(f["size"]), content_type=f["type"])
+            for path, f in data["files"].items()
+        }
+        return cls(
+            release=data["release"],
+            build=int(data["build"]),
+            attempt=int(data["attempt"]),
+            created_at=data.get("created_at") or "",
+            parent=data.get("parent"),
+            pages=int(data.get("pages") or 0),
+            files=files,
+        )
