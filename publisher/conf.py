@@ -15,6 +15,8 @@ class Config:
     LAUNCHERS: dict = field(default_factory=dict)
     #: Where releases go (DESIGN §5): ``{"BACKEND": dotted path, "OPTIONS": {...}}``.
     DESTINATION: dict = field(default_factory=lambda: {"BACKEND": "publisher.destinations.local.LocalDestination"})
+    #: The web app serves the live release at ``/site/`` (default: on under DEBUG).
+    SITE_SERVE: bool = False
     #: The Heroku dyno this process runs in (``$DYNO``), or empty.
     DYNO: str = ""
     SITE_ROOT: Path = Path("var/site")

@@ -240,6 +240,7 @@ PUBLISHER = {
     # Builds are judged and stopped by the launcher that started them: switching LAUNCHER leaves the others usable.
     "LAUNCHERS": {name: {"BACKEND": LAUNCHERS[name], "OPTIONS": _launcher_options[name]} for name in LAUNCHERS},
     "DYNO": env.string("DYNO", ""),
+    "SITE_SERVE": env.boolean("SITE_SERVE", DEBUG),
     # An unknown name is passed through as a dotted path, like LAUNCHER.
     "DESTINATION": {
         "BACKEND": DESTINATIONS.get(_destination, _destination),

@@ -251,19 +251,58 @@ def test_manual_command_builds_and_reports(site_root, capsys):
     assert "is live" in capsys.readouterr().out
 
 
-def test_dev_server_serves_the_live_site_only_with_debug(site_root, client, settings):
+@pytest.fixture
+def serving(settings):
+    from publisher import views
+
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_SERVE": True}
+    views._cache["at"] = 0.0
+    yield views
+    views._cache["at"] = 0.0
+
+
+def test_the_web_app_serves_the_live_release_only_with_site_serve(site_root, client, settings, serving):
     publish("hello", title="Hi there")
-    build()
-    settings.DEBUG = True
-    assert client.get("/site/").status_code == 200
+    first = build()
     response = client.get("/site/hello/")
-    assert response.status_code == 200 and b"Hi there" in b"".join(response.streaming_content)
-    assert client.get("/site/hello").status_code == 302
-    assert client.get("/site/static/site.css").status_code == 200
+    assert response.status_code == 200 and b"Hi there" in response.content
+    assert response["Content-Type"] == "text/html; charset=utf-8" and response["X-Publisher-Release"] == first.name
+    assert client.get("/site/").status_code == 200
+    assert client.get("/site/hello")["Location"] == "/site/hello/"
+    assert client.get("/site/static/site.css")["Content-Type"] == "text/css; charset=utf-8"
     assert client.get("/site/../../etc/passwd").status_code == 404
-    assert client.get("/site/missing/").status_code == 404
-    settings.DEBUG = False
+    missing = client.get("/site/missing/")
+    assert missing.status_code == 404 and b"<html" in missing.content.lower(), "the release's own 404 page"
+    etag = response["ETag"]
+    assert client.get("/site/hello/", headers={"If-None-Match": etag}).status_code == 304
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_SERVE": False}
     assert client.get("/site/").status_code == 404
+
+
+def test_the_pointer_is_cached_a_few_seconds(site_root, client, serving, monkeypatch):
+    publish("hello")
+    first = build()
+    assert client.get("/site/")["X-Publisher-Release"] == first.name
+    second = build(build_id=2)
+    assert client.get("/site/")["X-Publisher-Release"] == first.name, "within POINTER_TTL"
+    serving._cache["at"] = 0.0
+    assert client.get("/site/")["X-Publisher-Release"] == second.name
+
+
+def test_rollbacksite_switches_to_a_sealed_release_and_lists_them(site_root, capsys):
+    publish("hello")
+    first = build(build_id=1)
+    second = build(build_id=2)
+    call_command("rollbacksite")
+    listed = capsys.readouterr().out.split()
+    assert listed == [first.name, "*", second.name]
+    call_command("rollbacksite", first.name)
+    assert SiteRoot(site_root).live_name() == first.name
+    with pytest.raises(CommandError) as info:
+        call_command("rollbacksite", "20200101T000000-b9-a1")
+    assert info.value.returncode == 1
+    third = build(build_id=3)
+    assert third.went_live, "after a rollback, the next build goes live"
 
 
 def test_site_root_path_resolution():
