@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import transaction
+from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
@@ -109,11 +110,41 @@ class RequestInline(admin.TabularInline):
 class BuildAdmin(admin.ModelAdmin):
     """Build history (read-only: only ``publisher.builds`` writes builds); cancel is the one action."""
 
-    list_display = ["__str__", "state", "attempt", "created_at", "started_at", "finished_at", "progress", "error_short"]
+    list_display = [
+        "__str__",
+        "state",
+        "attempt",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "progress",
+        "went_to",
+        "error_short",
+    ]
     list_filter = ["state", "manual"]
-    readonly_fields = [f.name for f in Build._meta.fields]
+    readonly_fields = [f.name for f in Build._meta.fields if f.name != "launch_token"]
+    exclude = ["launch_token"]
     inlines = [RequestInline]
     actions = ["cancel_selected"]
+
+    @admin.display(description="published")
+    def went_to(self, build):
+        """Where the release went, in a few words: "12 uploaded, 3,040 copied (41 KB) to s3://bucket/site/"."""
+        published = build.published or {}
+        if not published:
+            return "—"
+        size = filesizeformat(published.get("bytes_uploaded") or 0)
+        where = published.get("destination") or "?"
+        kept = "" if published.get("went_live", True) else "; kept, a newer release was live"
+        return (
+            f"{build.release}: {published.get('uploaded', 0):,} uploaded, {published.get('copied', 0):,} copied "
+            f"({size}) to {where}{kept}"
+        )
+
+    def changelist_view(self, request, extra_context=None):
+        """The build history starts with where the live site is."""
+        self.message_user(request, live_site_summary(), messages.INFO)
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="pages")
     def progress(self, build):
@@ -142,6 +173,22 @@ class BuildAdmin(admin.ModelAdmin):
         for pk in queryset.filter(state__in=(BuildState.QUEUED, *ACTIVE_STATES)).values_list("pk", flat=True):
             outcome = builds.cancel(pk, by=request.user.get_username())
             self.message_user(request, str(outcome), messages.SUCCESS if outcome.ok else messages.WARNING)
+
+
+def live_site_summary():
+    """One sentence: which release is live, from which build, since when, where, and at which URL."""
+    from .destinations import DestinationError, get_destination
+
+    try:
+        destination = get_destination()
+        live = destination.live_release()
+    except (DestinationError, ImproperlyConfigured) as exc:
+        return f"The live site cannot be read right now: {exc}"
+    if live is None:
+        return "No release is live yet."
+    since = f" since {live.switched_at}" if live.switched_at else ""
+    build = f" (build #{live.build})" if live.build else ""
+    return f"Live: release {live.release}{build}{since}, on {destination.describe()}, at {get_config().SITE_URL}"
 
 
 @admin.register(SweepStatus)

@@ -487,9 +487,12 @@ def _fenced(claim):
     return Build.objects.filter(pk=claim.build_id, launch_token=claim.token, state=S.RUNNING)
 
 
-def finish(claim, *, state, error="", release="", pages=None):
-    """End a claimed build (``succeeded``, ``failed``, ``cancelled``), fenced on token and ``running``."""
+def finish(claim, *, state, error="", release="", pages=None, published=None):
+    """End a claimed build (``succeeded``, ``failed``, ``cancelled``), fenced on token and ``running``.
+    ``published`` says where the release went (destination, files uploaded and copied, bytes)."""
     fields = {"state": state, "finished_at": now()}
+    if published is not None:
+        fields["published"] = published
     if error:  # a success keeps the error of an earlier attempt, for the history
         fields["error"] = error[:2000]
     if release:

@@ -233,6 +233,9 @@ class Build(models.Model):
     progress_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="when pages_done last moved")
     manual = models.BooleanField(default=False, editable=False, help_text="started by a person at a shell")
     release = models.CharField(max_length=100, blank=True, editable=False)
+    published = models.JSONField(
+        null=True, blank=True, editable=False, help_text="where the release went: destination, files, bytes"
+    )
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries", editable=False
     )

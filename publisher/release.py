@@ -41,6 +41,7 @@ class Released:
     uploaded: int = 0
     copied: int = 0
     bytes_uploaded: int = 0
+    destination: str = ""
 
 
 def release_name(*, build_id, attempt, now=None):
@@ -72,7 +73,7 @@ def build_release(config, *, build_id, attempt, progress, before_switch=None, af
         def on_switch(published):
             switched.append(published)
             if after_switch is not None:
-                after_switch(_released(name, pages, published))
+                after_switch(_released(name, pages, published, destination))
 
         published = destination.publish(writer, pages=pages, expected_live=expected_live, after_switch=on_switch)
     except BaseException:
@@ -80,11 +81,12 @@ def build_release(config, *, build_id, attempt, progress, before_switch=None, af
             writer.abort()
         raise
     logger.info("Release %s: %d pages, %s", name, pages, "live" if published.went_live else "kept (newer one is live)")
-    return _released(name, pages, published)
+    return _released(name, pages, published, destination)
 
 
-def _released(name, pages, published):
+def _released(name, pages, published, destination):
     return Released(
+        destination=destination.describe(),
         name=name,
         pages=pages,
         went_live=published.went_live,

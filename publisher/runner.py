@@ -112,7 +112,19 @@ def run(claim):
         # Runs right after the switch, with SIGTERM held off: once the site has switched, the outcome is a success.
         switched.append(released)
         try:
-            recorded = builds.finish(claim, state=BuildState.SUCCEEDED, release=released.name, pages=released.pages)
+            recorded = builds.finish(
+                claim,
+                state=BuildState.SUCCEEDED,
+                release=released.name,
+                pages=released.pages,
+                published={
+                    "destination": released.destination,
+                    "went_live": released.went_live,
+                    "uploaded": released.uploaded,
+                    "copied": released.copied,
+                    "bytes_uploaded": released.bytes_uploaded,
+                },
+            )
         except DatabaseError:
             logger.exception("Build #%s went live but its success could not be recorded", claim.build_id)
             return

@@ -233,3 +233,21 @@ def test_a_body_at_the_limit_saves_even_in_four_byte_characters(admin_client):
 def test_the_body_textarea_carries_the_limit(admin_client):
     html = admin_client.get(reverse("admin:publisher_page_add")).content.decode()
     assert 'maxlength="1000000"' in html
+
+
+def test_the_build_history_says_where_the_site_went(admin_client, site_root):
+    """Issue 9: the live release, its build, where, and per build what was uploaded and copied."""
+    from publisher import builds, runner
+    from publisher.launchers import recording
+
+    Page(slug="alpha", title="Alpha", body="a").publish()
+    builds.request_build("x")
+    launch = recording.launches[-1]
+    result = runner.run(builds.claim(launch["build_id"], launch["token"]))
+    build = Build.objects.get(pk=launch["build_id"])
+    assert build.published["destination"] == str(site_root) and build.published["uploaded"] >= 4, result
+    html = admin_client.get(reverse("admin:publisher_build_changelist")).content.decode()
+    assert f"Live: release {build.release} (build #{build.pk})" in html and str(site_root) in html
+    assert f"{build.release}: {build.published['uploaded']:,} uploaded, 0 copied" in html
+    page = admin_client.get(reverse("admin:publisher_build_change", args=[build.pk])).content.decode()
+    assert build.launch_token not in page and build.launch_token not in html, "the launch token is never shown"
