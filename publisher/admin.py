@@ -143,7 +143,8 @@ class BuildAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         """The build history starts with where the live site is."""
-        self.message_user(request, live_site_summary(), messages.INFO)
+        if request.method == "GET":
+            self.message_user(request, live_site_summary(), messages.INFO)
         return super().changelist_view(request, extra_context)
 
     @admin.display(description="pages")
