@@ -125,7 +125,7 @@ class BuildAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Build._meta.fields if f.name != "launch_token"]
     exclude = ["launch_token"]
     inlines = [RequestInline]
-    actions = ["cancel_selected"]
+    actions = ["cancel_selected", "roll_back_to_selected"]
 
     @admin.display(description="published")
     def went_to(self, build):
@@ -169,6 +169,14 @@ class BuildAdmin(admin.ModelAdmin):
     def has_cancel_permission(self, request):
         return request.user.has_perm("publisher.publish_page")
 
+    def has_rollback_permission(self, request):
+        return request.user.has_perm("publisher.rollback_site")
+
+    @admin.action(description="Roll the site back to this build's release", permissions=["rollback"])
+    def roll_back_to_selected(self, request, queryset):
+        level, message = roll_back(request, queryset)
+        self.message_user(request, message, level)
+
     @admin.action(description="Cancel selected builds", permissions=["cancel"])
     def cancel_selected(self, request, queryset):
         for pk in queryset.filter(state__in=(BuildState.QUEUED, *ACTIVE_STATES)).values_list("pk", flat=True):
@@ -190,6 +198,21 @@ def live_site_summary():
     since = f" since {live.switched_at}" if live.switched_at else ""
     build = f" (build #{live.build})" if live.build else ""
     return f"Live: release {live.release}{build}{since}, on {destination.describe()}, at {get_config().SITE_URL}"
+
+
+def roll_back(request, queryset):
+    """Make the release of the one selected build live again (one pointer write, DESIGN §5)."""
+    from .destinations import DestinationError, get_destination
+
+    chosen = list(queryset.exclude(release="").values_list("pk", "release")[:2])
+    if len(chosen) != 1:
+        return messages.WARNING, "Select exactly one build that went live to roll back to its release."
+    pk, release = chosen[0]
+    try:
+        live = get_destination().rollback(release)
+    except DestinationError as exc:
+        return messages.ERROR, f"Could not roll back to build #{pk}'s release {release}: {exc}"
+    return messages.SUCCESS, f"The site is back on build #{pk}'s release {live.release}."
 
 
 @admin.register(SweepStatus)

@@ -246,6 +246,7 @@ class Build(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        permissions = [("rollback_site", "Can roll the live site back to an earlier release")]
         indexes = [
             # The sweep's and the dispatcher's frequent lookups touch only the few open builds, whatever the history.
             models.Index(fields=["id"], condition=models.Q(state__in=OPEN_STATES), name="publisher_build_open"),

@@ -251,3 +251,37 @@ def test_the_build_history_says_where_the_site_went(admin_client, site_root):
     assert f"{build.release}: {build.published['uploaded']:,} uploaded, 0 copied" in html
     page = admin_client.get(reverse("admin:publisher_build_change", args=[build.pk])).content.decode()
     assert build.launch_token not in page and build.launch_token not in html, "the launch token is never shown"
+
+
+def test_roll_back_to_a_builds_release_needs_its_permission(admin_client, client, django_user_model, site_root):
+    """Issue 9: rollback from the admin is the same one pointer write as ``rollbacksite``."""
+    from django.contrib.auth.models import Permission
+
+    from publisher import builds, runner
+    from publisher.launchers import recording
+    from publisher.release import SiteRoot
+
+    Page(slug="alpha", title="Alpha", body="a").publish()
+    made = []
+    for _ in range(2):
+        builds.request_build("x")
+        launch = recording.launches[-1]
+        runner.run(builds.claim(launch["build_id"], launch["token"]))
+        made.append(Build.objects.get(pk=launch["build_id"]))
+    first, second = made
+    assert SiteRoot(site_root).live_name() == second.release
+    changelist = reverse("admin:publisher_build_changelist")
+    action = {"action": "roll_back_to_selected", "_selected_action": [first.pk]}
+
+    staff = django_user_model.objects.create_user("editor", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_build"))
+    client.force_login(staff)
+    assert "roll_back_to_selected" not in client.get(changelist).content.decode()
+    client.post(changelist, action)
+    assert SiteRoot(site_root).live_name() == second.release, "no permission, no rollback"
+
+    response = admin_client.post(changelist, action, follow=True)
+    assert f"The site is back on build #{first.pk}&#x27;s release {first.release}." in response.content.decode()
+    assert SiteRoot(site_root).live_name() == first.release
+    response = admin_client.post(changelist, {**action, "_selected_action": [first.pk, second.pk]}, follow=True)
+    assert "Select exactly one build" in response.content.decode()
