@@ -231,6 +231,8 @@ _destination_options = {
         "REGION": env.string("SITE_S3_REGION", ""),
         "CLOUDFRONT_KVS_ARN": env.string("SITE_CLOUDFRONT_KVS_ARN", ""),
         "MIRROR_PREFIX": env.string("SITE_S3_MIRROR_PREFIX", ""),
+        "CONNECT_TIMEOUT": env.integer("SITE_S3_CONNECT_TIMEOUT", 5),
+        "READ_TIMEOUT": env.integer("SITE_S3_READ_TIMEOUT", 30),
     },
 }
 
