@@ -21,12 +21,13 @@ from django.core.management import call_command
 from django.utils import timezone
 from moto.server import ThreadedMotoServer
 
+from publisher import builds
 from publisher.conf import get_config
 from publisher.destinations import PointerMoved, ReleaseNotFound, get_destination, release_order
 from publisher.destinations import s3 as s3_module
 from publisher.destinations.base import DestinationError
 from publisher.destinations.s3 import S3Destination
-from publisher.models import Page
+from publisher.models import Build, BuildState, Page
 from publisher.progress import Progress
 from publisher.release import build_release
 from publisher.render import render_site
@@ -260,6 +261,15 @@ def test_a_one_page_edit_uploads_only_what_changed_and_copies_the_rest_server_si
     assert copied["ContentType"] == "text/html; charset=utf-8" and copied["ChecksumSHA256"]
     assert bucket.get(f"releases/{second.name}/p007/index.html")["Body"].read().count(b"A new body") == 1
     assert bucket.live()["previous"] == first.name
+
+
+def test_a_file_missing_from_the_live_release_is_uploaded_instead_of_copied(bucket):
+    publish("a")
+    first = build(build_id=1)
+    bucket.client.delete_object(Bucket=BUCKET, Key=f"{bucket.prefix}releases/{first.name}/a/index.html")
+    second = build(build_id=2)
+    assert second.went_live and second.uploaded == 2  # the page, release.json
+    assert get_destination().open(second.name, "a/index.html")
 
 
 def test_a_title_edit_also_changes_the_index_page(bucket, calls):
@@ -624,7 +634,7 @@ def test_mirror_prefix_holds_the_live_release_changed_files_only(bucket, calls):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_a_build_process_sigkilled_mid_upload_leaves_the_pointer_where_it_was(bucket, children, child_env):
+def test_a_build_process_sigkilled_mid_upload_leaves_the_pointer_where_it_was(bucket, children, child_env, monkeypatch):
     env = {
         **child_env,
         **CREDENTIALS,
@@ -656,3 +666,18 @@ def test_a_build_process_sigkilled_mid_upload_leaves_the_pointer_where_it_was(bu
     destination = get_destination()
     assert destination.releases() == [previous]
     assert names.isdisjoint(destination.releases())
+
+    # The killed build holds the slot until the sweep or an operator ends it; then the next build completes.
+    killed = Build.objects.get(state=BuildState.RUNNING)
+    assert builds.cancel(killed.pk).kind == "cancelled"
+    proc = children.manage("buildstaticsite", env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    live = bucket.live()
+    assert live["release"] not in names | {previous} and live["previous"] == previous
+    assert len(get_destination().manifest(live["release"]).files) == 3000 + 1 + 30 + 6
+    # A day later the dead build's files go; the live release and the previous one stay.
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)
+    monkeypatch.setattr(s3_module, "now", lambda: later)
+    assert get_destination().prune() == sorted(names)
+    assert {k.split("/")[1] for k in bucket.keys("releases/")} == {previous, live["release"]}

@@ -196,19 +196,26 @@ class S3ReleaseWriter(ReleaseWriter):
         source = self.sources.get(entry.sha256)
         try:
             if source is not None:
-                client.copy_object(
-                    Bucket=bucket,
-                    Key=key,
-                    CopySource={"Bucket": bucket, "Key": source},
-                    MetadataDirective="REPLACE",
-                    ContentType=entry.content_type,
-                    CacheControl=cache_control(entry.path),
-                    ChecksumAlgorithm="SHA256",
-                )
-                with self._lock:
-                    self.copied += 1
-                    self.stored.append(key)
-            else:
+                try:
+                    client.copy_object(
+                        Bucket=bucket,
+                        Key=key,
+                        CopySource={"Bucket": bucket, "Key": source},
+                        MetadataDirective="REPLACE",
+                        ContentType=entry.content_type,
+                        CacheControl=cache_control(entry.path),
+                        ChecksumAlgorithm="SHA256",
+                    )
+                except bx.ClientError as exc:
+                    if _error_code(exc) not in ("NoSuchKey", "404"):
+                        raise
+                    logger.warning("%s is in the live manifest but not in the bucket: uploading %s", source, key)
+                    source = None
+                else:
+                    with self._lock:
+                        self.copied += 1
+                        self.stored.append(key)
+            if source is None:
                 client.put_object(
                     Bucket=bucket,
                     Key=key,
