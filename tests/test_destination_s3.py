@@ -632,9 +632,8 @@ def test_mirror_prefix_holds_the_live_release_changed_files_only(bucket, calls):
     assert [kind for kind, _ in made][-1] == "DeleteObjects"  # b/ after everything else
 
 
-@pytest.mark.slow
-@pytest.mark.django_db(transaction=True)
-def test_a_build_process_sigkilled_mid_upload_leaves_the_pointer_where_it_was(bucket, children, child_env, monkeypatch):
+def first_s3_release(bucket, children, child_env):
+    """A child environment with SITE_DESTINATION=s3 on the test server, a first release live, 3000 pages more."""
     env = {
         **child_env,
         **CREDENTIALS,
@@ -647,18 +646,38 @@ def test_a_build_process_sigkilled_mid_upload_leaves_the_pointer_where_it_was(bu
     proc = children.manage("buildstaticsite", env=env)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    previous = bucket.live()["release"]
-
     Page.objects.bulk_create(
         Page(slug=f"k{i:05d}", title=f"Page {i}", body="x" * 200, is_published=True) for i in range(3000)
     )
+    return env, bucket.live()["release"]
+
+
+def partial_release(bucket, previous):
+    """The names of releases other than ``previous`` once one holds more than 100 files (mid-upload)."""
+    names = {k.split("/")[1] for k in bucket.keys("releases/")} - {previous}
+    return names and len(bucket.keys(f"releases/{next(iter(names))}/")) > 100 and names
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_build_process_sigtermed_mid_upload_exits_143_and_removes_its_partial_release(bucket, children, child_env):
+    env, previous = first_s3_release(bucket, children, child_env)
+    proc = children.manage("buildstaticsite", env=env)
+    names = wait_for(lambda: partial_release(bucket, previous), timeout=120, message="a partial release")
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out
+    assert bucket.live()["release"] == previous
+    assert bucket.keys("manifests/") == [f"manifests/{previous}.json"]
+    assert all(not bucket.keys(f"releases/{name}/") for name in names)  # the writer's abort removed them
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_build_process_sigkilled_mid_upload_leaves_the_pointer_where_it_was(bucket, children, child_env, monkeypatch):
+    env, previous = first_s3_release(bucket, children, child_env)
     proc = children.manage("buildstaticsite", env=env, stdout=subprocess.DEVNULL)
-
-    def partial():
-        names = {k.split("/")[1] for k in bucket.keys("releases/")} - {previous}
-        return names and len(bucket.keys(f"releases/{next(iter(names))}/")) > 100 and names
-
-    names = wait_for(partial, timeout=120, message="a partial release in the bucket")
+    names = wait_for(lambda: partial_release(bucket, previous), timeout=120, message="a partial release")
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL
     assert bucket.live()["release"] == previous
