@@ -4,14 +4,16 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('publisher', '0006_build_published'),
+        ("publisher", "0006_build_published"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='build',
-            options={'ordering': ['-id'], 'permissions': [('rollback_site', 'Can roll the live site back to an earlier release')]},
+            name="build",
+            options={
+                "ordering": ["-id"],
+                "permissions": [("rollback_site", "Can roll the live site back to an earlier release")],
+            },
         ),
     ]
