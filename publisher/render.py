@@ -6,6 +6,7 @@ Each page goes only into its own folder of the release (``page_path``); a slug t
 build with a ``RenderError`` that names the page.
 """
 
+import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +26,8 @@ HTML = "text/html; charset=utf-8"
 XML = "application/xml; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 CSS = "text/css; charset=utf-8"
+#: Content-addressed files shared by every release (a destination may store them once, outside the releases).
+ASSETS = "assets/"
 
 
 class RenderError(Exception):
@@ -66,8 +69,9 @@ class IndexWriter:
     Holds at most one index page of entries plus one look-ahead, so it never needs the total in advance.
     """
 
-    def __init__(self, release):
+    def __init__(self, release, *, stylesheet):
         self.release = release
+        self.stylesheet = stylesheet
         self.template = get_template("publisher/site/index.html")
         self.entries = []
         self.number = 1
@@ -89,6 +93,7 @@ class IndexWriter:
             "entries": self.entries,
             "number": n,
             "root": root,
+            "stylesheet": self.stylesheet,
             "previous_url": previous,
             "next_url": f"{root}page/{n + 1}/" if has_next else None,
         }
@@ -163,23 +168,35 @@ def render_site(release, *, base_url, progress):
     returns the number of pages rendered."""
     pages = published_pages()
     progress.start(pages.count())
+    stylesheet = add_stylesheet(release)
     page_template = get_template("publisher/site/page.html")
-    index = IndexWriter(release)
+    index = IndexWriter(release, stylesheet=stylesheet)
     sitemap = SitemapWriter(release, base_url)
     sitemap.add(page_url(base_url))
     done = 0
     for page in pages.iterator(chunk_size=2000):
         path = page_path(RELEASE_ROOT, page.slug, page_id=page.pk).relative_to(RELEASE_ROOT)
-        release.add(PurePosixPath(path).as_posix(), page_template.render({"page": page, "root": "../"}), HTML)
+        context = {"page": page, "root": "../", "stylesheet": stylesheet}
+        release.add(PurePosixPath(path).as_posix(), page_template.render(context), HTML)
         index.add(page.slug, page.title)
         sitemap.add(page_url(base_url, page.slug), page.updated_at)
         done += 1
         progress.advance(done)
     index.close()
     sitemap.close()
-    release.add("404.html", get_template("publisher/site/404.html").render({"root": page_url(base_url)}), HTML)
+    not_found = {"root": page_url(base_url), "stylesheet": stylesheet}
+    release.add("404.html", get_template("publisher/site/404.html").render(not_found), HTML)
     release.add("robots.txt", f"User-agent: *\nAllow: /\nSitemap: {page_url(base_url)}sitemap.xml\n", TEXT)
-    stylesheet = finders.find(STYLESHEET)
-    release.add("static/site.css", Path(stylesheet).read_bytes(), CSS)
     progress.finish(done)
     return done
+
+
+def add_stylesheet(release):
+    """Add the site's CSS at a content-addressed path, ``assets/<sha256[:16]>/site.css``, and return that path.
+
+    A changed stylesheet gets a new path, so HTML from any release finds its own CSS forever and the file can be
+    cached as immutable."""
+    data = Path(finders.find(STYLESHEET)).read_bytes()
+    path = f"{ASSETS}{hashlib.sha256(data).hexdigest()[:16]}/site.css"
+    release.add(path, data, CSS)
+    return path

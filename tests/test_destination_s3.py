@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -190,29 +191,36 @@ def test_first_publish_stores_every_file_with_its_type_and_checksum_then_the_sea
     name = outcome.name
     manifest = json.loads(bucket.get(f"manifests/{name}.json")["Body"].read())
     files = manifest["files"]
-    assert sorted(files) == [
-        "404.html",
-        "about/index.html",
-        "hello/index.html",
-        "index.html",
-        "release.json",
-        "robots.txt",
-        "sitemap.xml",
-        "static/site.css",
-    ]
-    assert bucket.keys("releases/") == sorted(f"releases/{name}/{path}" for path in files)
+    (css,) = [path for path in files if path.startswith("assets/")]
+    assert re.fullmatch(r"assets/[0-9a-f]{16}/site\.css", css)
+    assert sorted(files) == sorted(
+        [
+            "404.html",
+            "about/index.html",
+            "hello/index.html",
+            "index.html",
+            "release.json",
+            "robots.txt",
+            "sitemap.xml",
+            css,
+        ]
+    )
+    assert bucket.keys("releases/") == sorted(f"releases/{name}/{path}" for path in files if path != css)
+    assert bucket.keys("assets/") == [css], "content-addressed assets are stored once, outside the releases"
     assert outcome.uploaded == len(files) and outcome.bytes_uploaded == sum(f["size"] for f in files.values())
     for path, entry in files.items():
-        obj = bucket.client.head_object(
-            Bucket=BUCKET, Key=f"{bucket.prefix}releases/{name}/{path}", ChecksumMode="ENABLED"
-        )
-        data = bucket.get(f"releases/{name}/{path}")["Body"].read()
+        key = path if path == css else f"releases/{name}/{path}"
+        obj = bucket.client.head_object(Bucket=BUCKET, Key=f"{bucket.prefix}{key}", ChecksumMode="ENABLED")
+        data = bucket.get(key)["Body"].read()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]
         assert obj["ContentType"] == entry["type"]
         assert obj["ChecksumSHA256"] == b64(data)
         assert obj["CacheControl"].startswith("public, max-age=")
     assert files["hello/index.html"]["type"] == "text/html; charset=utf-8"
-    assert files["static/site.css"]["type"] == "text/css; charset=utf-8"
+    assert files[css]["type"] == "text/css; charset=utf-8"
+    assert f'href="../{css}"' in bucket.get(f"releases/{name}/hello/index.html")["Body"].read().decode()
+    css_head = bucket.client.head_object(Bucket=BUCKET, Key=f"{bucket.prefix}{css}")
+    assert css_head["CacheControl"] == "public, max-age=31536000, immutable"
     assert bucket.client.head_object(Bucket=BUCKET, Key=f"{bucket.prefix}releases/{name}/index.html")[
         "CacheControl"
     ] == ("public, max-age=60, s-maxage=31536000")
@@ -249,11 +257,12 @@ def test_a_one_page_edit_uploads_only_what_changed_and_copies_the_rest_server_si
     assert calls.keys("PutObject") == sorted(
         [base + p for p in changed] + [f"{bucket.prefix}manifests/{second.name}.json", f"{bucket.prefix}live.json"]
     )
-    assert second.uploaded == len(changed) and second.copied == files - len(changed)
+    # The stylesheet is content-addressed and shared: the live release already has it, nothing is transferred.
+    assert second.uploaded == len(changed) and second.copied == files - len(changed) - 1
     assert calls.kinds() == {
         "GetObject": 2,  # live.json, the live manifest
         "PutObject": len(changed) + 2,  # + the manifest, the pointer
-        "CopyObject": files - len(changed),
+        "CopyObject": files - len(changed) - 1,  # not the shared stylesheet
     }
     manifest = get_destination().manifest(second.name)
     assert second.bytes_uploaded == sum(manifest.files[p].size for p in changed)

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from publisher import render
 from publisher.conf import get_config
+from publisher.destinations import get_destination
 from publisher.destinations import local as release_module
 from publisher.models import Build, Page
 from publisher.progress import Progress
@@ -54,22 +55,26 @@ def test_release_files_and_escaped_content(site_root):
     assert os.readlink(current) == f"releases/{outcome.name}"
     assert outcome.name.endswith("-b7-a2") and outcome.pages == 2 and outcome.went_live
     files = sorted(str(p.relative_to(current)) for p in current.rglob("*") if p.is_file())
-    assert files == [
-        "404.html",
-        "about/index.html",
-        "hello/index.html",
-        "index.html",
-        "manifest.json",
-        "release.json",
-        "robots.txt",
-        "sitemap.xml",
-        "static/site.css",
-    ]
+    (css,) = [path for path in files if path.startswith("assets/")]
+    assert css.endswith("/site.css") and len(css.split("/")[1]) == 16, "content-addressed"
+    assert files == sorted(
+        [
+            "404.html",
+            "about/index.html",
+            "hello/index.html",
+            "index.html",
+            "manifest.json",
+            "release.json",
+            "robots.txt",
+            "sitemap.xml",
+            css,
+        ]
+    )
     html = (current / "hello" / "index.html").read_text()
     assert "<h1>Fish &amp; &lt;Chips&gt;</h1>" in html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html and "<script>" not in html
     assert "<p>Second paragraph</p>" in html
-    assert 'href="../static/site.css"' in html
+    assert f'href="../{css}"' in html
     index = (current / "index.html").read_text()
     assert 'href="hello/"' in index and 'href="about/"' in index and "Draft" not in index
     assert "Fish &amp; &lt;Chips&gt;" in index
@@ -82,7 +87,7 @@ def test_release_files_and_escaped_content(site_root):
         data = (current / path).read_bytes()
         assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["files"]["hello/index.html"]["type"] == "text/html; charset=utf-8"
-    assert manifest["files"]["static/site.css"]["type"] == "text/css; charset=utf-8"
+    assert manifest["files"][css]["type"] == "text/css; charset=utf-8"
     urls = [el.text for el in ET.parse(current / "sitemap.xml").getroot().iter(f"{SITEMAP_NS}loc")]
     assert urls == [
         "http://127.0.0.1:8000/site/",
@@ -269,7 +274,8 @@ def test_the_web_app_serves_the_live_release_only_with_site_serve(site_root, cli
     assert response["Content-Type"] == "text/html; charset=utf-8" and response["X-Publisher-Release"] == first.name
     assert client.get("/site/").status_code == 200
     assert client.get("/site/hello")["Location"] == "/site/hello/"
-    assert client.get("/site/static/site.css")["Content-Type"] == "text/css; charset=utf-8"
+    css = next(path for path in get_destination().manifest(first.name).files if path.startswith("assets/"))
+    assert client.get(f"/site/{css}")["Content-Type"] == "text/css; charset=utf-8"
     assert client.get("/site/../../etc/passwd").status_code == 404
     missing = client.get("/site/missing/")
     assert missing.status_code == 404 and b"<html" in missing.content.lower(), "the release's own 404 page"
@@ -371,5 +377,5 @@ def test_the_python_api_cannot_publish_a_page_outside_site_root(site_root, tmp_p
     publish("hello")
     build()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
-    assert sorted(p.name for p in live(site_root).iterdir() if p.is_dir()) == ["hello", "static"]
+    assert sorted(p.name for p in live(site_root).iterdir() if p.is_dir()) == ["assets", "hello"]
     assert (live(site_root) / "index.html").read_text().count('<li><a href="') == 1

@@ -20,9 +20,11 @@ viewer-request function maps ``/<path>`` to ``releases/<live>/<path>``), so an o
 - HTML, sitemaps, ``robots.txt`` (anything a URL names that a new release changes): ``public, max-age=60,
   s-maxage=31536000``: a browser reuses it for a minute, the CDN for a year (a cutover changes the key, not the
   object).
-- everything else in a release (the stylesheet): ``public, max-age=3600, s-maxage=31536000``. It is not yet
-  content-addressed (DESIGN §5 asks for that once a destination serves long-lived caches), so browsers keep it an
-  hour at most.
+- content-addressed assets (``assets/<sha256[:16]>/site.css``), stored ONCE under ``<prefix>assets/`` and shared by
+  every release (a release's manifest lists them; a build whose live release has the asset transfers nothing):
+  ``public, max-age=31536000, immutable``. They are never pruned (a few KB each) nor deleted by an abort, since an
+  older sealed release may name the same file.
+- anything else in a release: ``public, max-age=3600, s-maxage=31536000``.
 - the mirror prefix (a plain S3 website, overwritten in place): ``public, max-age=60`` for everything.
 - manifests and the pointer are never meant to be public: ``no-store``.
 
@@ -81,6 +83,9 @@ DELETE_BATCH = 1000
 
 CACHE_PAGE = "public, max-age=60, s-maxage=31536000"
 CACHE_OTHER = "public, max-age=3600, s-maxage=31536000"
+CACHE_ASSET = "public, max-age=31536000, immutable"
+#: Content-addressed files (``assets/<hash>/…``) are stored once under ``<prefix>assets/``, shared by every release.
+ASSETS = "assets/"
 CACHE_MIRROR = "public, max-age=60"
 CACHE_PRIVATE = "no-store"
 
@@ -100,6 +105,8 @@ def now():
 
 
 def cache_control(path):
+    if path.startswith(ASSETS):
+        return CACHE_ASSET
     name = path.rsplit("/", 1)[-1]
     if name.endswith((".html", ".xml")) or name == "robots.txt":
         return CACHE_PAGE
@@ -161,11 +168,11 @@ class S3ReleaseWriter(ReleaseWriter):
         self.parent_manifest = parent_manifest
         self.pointer_etag = pointer_etag
         self.root = destination.key(f"releases/{self.name}/")
-        parent_root = destination.key(f"releases/{parent_manifest.release}/") if parent_manifest else ""
+        files = parent_manifest.files.values() if parent_manifest else ()
         #: sha256 -> key of a file with that content in the live release (copied instead of uploaded)
-        self.sources = (
-            {e.sha256: parent_root + e.path for e in parent_manifest.files.values()} if parent_manifest else {}
-        )
+        self.sources = {e.sha256: destination.file_key(parent_manifest.release, e.path) for e in files}
+        #: shared assets the live release already has: nothing to transfer
+        self.shared = {e.path for e in files if e.path.startswith(ASSETS)}
         self.uploaded = 0
         self.copied = 0
         self.bytes_uploaded = 0
@@ -190,7 +197,9 @@ class S3ReleaseWriter(ReleaseWriter):
     def _transfer(self, entry, data):
         if self._failed:
             return  # another transfer failed: the release is dead, stop spending requests on it
-        key = self.root + entry.path
+        key = self.destination.file_key(self.name, entry.path)
+        if entry.path in self.shared:
+            return  # content-addressed and already stored for the live release
         client = self.destination.client
         bucket = self.destination.bucket
         source = self.sources.get(entry.sha256)
@@ -214,7 +223,7 @@ class S3ReleaseWriter(ReleaseWriter):
                 else:
                     with self._lock:
                         self.copied += 1
-                        self.stored.append(key)
+                        self._stored(entry, key)
             if source is None:
                 client.put_object(
                     Bucket=bucket,
@@ -228,13 +237,18 @@ class S3ReleaseWriter(ReleaseWriter):
                 with self._lock:
                     self.uploaded += 1
                     self.bytes_uploaded += entry.size
-                    self.stored.append(key)
+                    self._stored(entry, key)
         except BOTO_ERRORS as exc:
             self._failed = True
             raise translate(exc, f"storing {key}") from None
         except BaseException:
             self._failed = True
             raise
+
+    def _stored(self, entry, key):
+        # A shared asset may belong to an older sealed release too: an abort never deletes one.
+        if not entry.path.startswith(ASSETS):
+            self.stored.append(key)
 
     def finish(self):
         """Wait for every transfer; raise the first error (a ``DestinationError``)."""
@@ -328,6 +342,10 @@ class S3Destination(BaseDestination):
 
     def key(self, relative):
         return self.prefix + relative
+
+    def file_key(self, name, path):
+        """The key of file ``path`` of release ``name``: shared assets once, everything else in the release."""
+        return self.key(path) if path.startswith(ASSETS) else self.key(f"releases/{name}/{path}")
 
     def manifest_key(self, name):
         return self.key(f"manifests/{name}.json")
@@ -640,7 +658,7 @@ class S3Destination(BaseDestination):
         return removed
 
     def open(self, name, path):
-        body, _ = self._get(self.key(f"releases/{name}/{path}"), f"reading {path} of {name}")
+        body, _ = self._get(self.file_key(name, path), f"reading {path} of {name}")
         if body is None:
             raise ReleaseNotFound(f"Release {name} has no file {path!r}.")
         return body
@@ -707,7 +725,6 @@ class S3Destination(BaseDestination):
         changed = [
             e for p, e in manifest.files.items() if p not in current or p not in old or old[p].sha256 != e.sha256
         ]
-        source_root = self.key(f"releases/{manifest.release}/")
         try:
             for level in (0, 1, 2):
                 for entry in sorted((e for e in changed if stage(e.path) == level), key=lambda e: e.path):
@@ -715,7 +732,7 @@ class S3Destination(BaseDestination):
                         f"mirroring {entry.path}",
                         "copy_object",
                         Key=self.mirror_prefix + entry.path,
-                        CopySource={"Bucket": self.bucket, "Key": source_root + entry.path},
+                        CopySource={"Bucket": self.bucket, "Key": self.file_key(manifest.release, entry.path)},
                         MetadataDirective="REPLACE",
                         ContentType=entry.content_type,
                         CacheControl=CACHE_MIRROR,
