@@ -30,6 +30,9 @@ PRUNE_EVERY = 3600
 #: A pass that did nothing is logged at most this often (seconds), so an operator can tell the worker is alive.
 IDLE_LOG_EVERY = 300
 _last_logged = None  # monotonic time of the last log line of this process's passes
+#: What serves the site is reconciled with the live pointer at most this often per process (seconds).
+RECONCILE_EVERY = 300
+_reconciled = [float("-inf")]
 SCHEDULE_NAME = "publisher: sweep builds"
 
 
@@ -84,12 +87,21 @@ def sweep():
         if outcome:
             said = f"attached to build #{outcome.build_id}" if isinstance(outcome, builds.Outcome) else outcome
             done.add(f"{len(ids)} unattached request(s) {said}")
+    if time.monotonic() - _reconciled[0] >= RECONCILE_EVERY:
+        _reconciled[0] = time.monotonic()
+        done.add(_guarded("reconciling the live site", _reconcile))
     if ids or any(b["state"] == S.QUEUED for b in open_builds) or done.actions:
         launched = _guarded("launching the queued build", builds.launch_next)
         if launched is not None and getattr(launched, "kind", None) != "queued":
             done.add(launched)
     _record(done, at, started, config)
     return done
+
+
+def _reconcile():
+    from .destinations import get_destination
+
+    return get_destination().reconcile()
 
 
 def _guarded(what, step, *args):

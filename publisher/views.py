@@ -1,11 +1,12 @@
 """The live site served by the web app (``SITE_SERVE``, DESIGN §5): from the destination's live release, whatever
 the destination is. Good for development, previews, and behind any CDN."""
 
+import datetime
 import threading
 import time
 
 from django.http import Http404, HttpResponse, HttpResponseNotModified, HttpResponseRedirect
-from django.utils.http import quote_etag
+from django.utils.http import http_date, quote_etag
 
 from .conf import get_config
 from .destinations import DestinationError, ReleaseNotFound, get_destination
@@ -64,6 +65,9 @@ def serve_site(request, path):
         return HttpResponseNotModified(headers={"ETag": etag})
     response = HttpResponse(destination.open(live.release, name), content_type=entry.content_type)
     response["ETag"] = etag
+    if manifest.created_at:  # when the release was sealed: no file of it changed since
+        sealed = datetime.datetime.fromisoformat(manifest.created_at)
+        response["Last-Modified"] = http_date(sealed.timestamp())
     response["Cache-Control"] = "no-cache" if entry.content_type.startswith("text/html") else "public, max-age=300"
     response["X-Publisher-Release"] = live.release
     return response

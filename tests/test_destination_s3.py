@@ -613,6 +613,37 @@ def test_the_cloudfront_key_value_store_is_written_right_after_live_json(bucket,
     assert [w[1] for w in written] == [first.name, second.name, first.name]
 
 
+def test_the_sweep_repairs_a_key_value_store_left_behind_by_a_failed_cutover(bucket, monkeypatch):
+    """live.json is the source of truth: a KVS write that failed at the cutover is redone by the sweep."""
+    from publisher import sweep
+    from publisher.destinations import DestinationError, cloudfront
+
+    kvs = {"live": None, "fail": True}
+
+    class FakeStore:
+        def __init__(self, **kwargs):
+            pass
+
+        def get_live(self):
+            return kvs["live"]
+
+        def put_live(self, name):
+            if kvs["fail"]:
+                raise DestinationError("KVS unavailable", code="ServiceUnavailable")
+            kvs["live"] = name
+
+    monkeypatch.setattr(cloudfront, "KeyValueStore", FakeStore)
+    bucket.configure(CLOUDFRONT_KVS_ARN="arn:aws:cloudfront::123456789012:key-value-store/a1b2c3d4")
+    publish("a")
+    first = build(build_id=1)
+    assert bucket.live()["release"] == first.name and kvs["live"] is None, "the cutover stood; the KVS lagged"
+    kvs["fail"] = False
+    monkeypatch.setattr(sweep, "_reconciled", [float("-inf")])
+    done = sweep.sweep()
+    assert kvs["live"] == first.name and f"set to the live release {first.name}" in str(done)
+    assert get_destination().reconcile() is None, "nothing to do when they agree"
+
+
 def test_without_a_kvs_arn_the_cloudfront_module_is_not_used(bucket, monkeypatch):
     from publisher.destinations import cloudfront
 

@@ -279,6 +279,7 @@ def test_the_web_app_serves_the_live_release_only_with_site_serve(site_root, cli
     assert client.get("/site/../../etc/passwd").status_code == 404
     missing = client.get("/site/missing/")
     assert missing.status_code == 404 and b"<html" in missing.content.lower(), "the release's own 404 page"
+    assert response["Last-Modified"].endswith(" GMT")
     etag = response["ETag"]
     assert client.get("/site/hello/", headers={"If-None-Match": etag}).status_code == 304
     settings.PUBLISHER = {**settings.PUBLISHER, "SITE_SERVE": False}

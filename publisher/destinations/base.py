@@ -162,3 +162,9 @@ class BaseDestination:
     def describe(self):
         """A few words naming where the site goes (``/srv/site``, ``s3://bucket/prefix``)."""
         return self.name
+
+    def reconcile(self):
+        """Bring what serves the site in line with the live pointer (the source of truth), e.g. a CDN's key that a
+        failed cutover left behind. Returns a sentence when it changed something, else ``None``. Called by the
+        sweep; destinations with nothing beside their pointer have nothing to do."""
+        return None

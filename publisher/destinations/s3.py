@@ -482,20 +482,37 @@ class S3Destination(BaseDestination):
             self._put_kvs(manifest.release)
         return live
 
-    def _put_kvs(self, name):
-        """Write the KVS key ``live`` (what CloudFront serves). ``live.json`` has already moved and is the source
-        of truth, so a failure here is logged, not raised: the release is live by the pointer, and the next
-        cutover or rollback writes the key again."""
+    def _kvs(self):
         from .cloudfront import KeyValueStore
 
-        store = KeyValueStore(
+        return KeyValueStore(
             arn=self.options["CLOUDFRONT_KVS_ARN"],
             region=self.options["REGION"] or None,
             connect_timeout=int(self.options["CONNECT_TIMEOUT"]),
             read_timeout=int(self.options["READ_TIMEOUT"]),
         )
+
+    def reconcile(self):
+        """The KVS key ``live`` names what ``live.json`` names: a cutover whose KVS write failed is repaired here
+        (two reads when they agree; nothing at all without ``CLOUDFRONT_KVS_ARN``)."""
+        if not self.options["CLOUDFRONT_KVS_ARN"]:
+            return None
+        live = self.live_release()
+        if live is None:
+            return None
+        store = self._kvs()
+        served = store.get_live()
+        if served == live.release:
+            return None
+        store.put_live(live.release)
+        return f"CloudFront's KeyValueStore named {served or 'nothing'}; set to the live release {live.release}"
+
+    def _put_kvs(self, name):
+        """Write the KVS key ``live`` (what CloudFront serves). ``live.json`` has already moved and is the source
+        of truth, so a failure here is logged, not raised: the release is live by the pointer, and the next
+        cutover or rollback writes the key again."""
         try:
-            store.put_live(name)
+            self._kvs().put_live(name)
         except DestinationError as exc:
             logger.error(
                 "live.json names %s but the CloudFront KeyValueStore key 'live' was not written: %s "
