@@ -140,13 +140,16 @@ def run(claim):
             before_switch=before_switch,
             after_switch=record_success,
         )
+        # Still inside the try: a SIGTERM on the way out is caught below, and the switch decides the outcome.
+        return _succeeded(config, claim, outcome, progress)
     except BuildFenced as exc:
+        progress.stop()
         logger.warning("Build #%s stopped without switching the site: %s", claim.build_id, exc)
         return Result(EXIT_OK, f"Build #{claim.build_id} stopped: {exc}")
     except interrupts.BuildInterrupted as exc:
         progress.stop()
         if switched:  # the signal came after the switch, on the way out: the build succeeded
-            return _succeeded(config, claim, switched[0])
+            return _succeeded(config, claim, switched[0], progress)
         if not connections["default"].in_atomic_block:
             connections["default"].close()  # the signal may have cut a query short: record on a fresh connection
         recorded = builds.interrupted(claim, timeout_seconds=config.BUILD_TIMEOUT)
@@ -160,24 +163,22 @@ def run(claim):
             builds.report_failure(claim.build_id, f"Build #{claim.build_id} failed: {error}")
         after = builds.launch_next()
         return Result(EXIT_FAILED, f"Build #{claim.build_id} failed: {error}" + (f". {after}" if after else ""))
-    finally:
-        progress.stop()
-    return _succeeded(config, claim, outcome)
 
 
-def _succeeded(config, claim, outcome):
+def _succeeded(config, claim, outcome, progress):
     live = "is live" if outcome.went_live else "was kept (a newer release is live)"
     message = f"Build #{claim.build_id}: release {outcome.name} with {outcome.pages} pages {live}"
-    return Result(EXIT_OK, message + _after_success(config, claim))
+    return Result(EXIT_OK, message + _after_success(config, claim, progress))
 
 
-def _after_success(config, claim):
-    """Launch the queued build, then prune old releases: off the path between the switch and the recorded success.
-
-    A SIGTERM here changes nothing about the outcome; what is left undone is left to the sweep and the next build.
+def _after_success(config, claim, progress):
+    """Stop the heartbeat, launch the queued build, then prune old releases: off the path between the switch and
+    the recorded success. A SIGTERM here changes nothing about the outcome; what is left undone is left to the
+    sweep and the next build.
     """
     said = ""
     try:
+        progress.stop()
         if interrupts.pending():
             raise interrupts.BuildInterrupted(interrupts.pending())
         after = builds.launch_next()
