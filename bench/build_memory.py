@@ -16,17 +16,7 @@ from pathlib import Path
 import benchlib
 
 ROOT = Path(__file__).resolve().parent.parent
-FILL = """
-from django.utils import timezone
-from publisher.models import Page
-now = timezone.now()
-body = "Lorem ipsum dolor sit amet. " * 40
-for start in range(0, {count}, 5000):
-    Page.objects.bulk_create(
-        Page(slug=f"page-{{i:07d}}", title=f"Page {{i}}", body=body, is_published=True, published_at=now)
-        for i in range(start, min(start + 5000, {count}))
-    )
-"""
+FILL = benchlib.FILL_PAGES  # `manage.py shell -c` code: bulk-insert {count} published pages
 
 
 def measure(count, workdir):

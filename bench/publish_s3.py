@@ -23,17 +23,7 @@ import benchlib
 
 ROOT = Path(__file__).resolve().parent.parent
 PRICE_PER_1000 = {"upload": 0.005, "copy": 0.005, "list": 0.005, "delete": 0.005, "read": 0.0004, "head": 0.0004}
-FILL = """
-from django.utils import timezone
-from publisher.models import Page
-now = timezone.now()
-body = "Lorem ipsum dolor sit amet. " * 40
-for start in range(0, {count}, 5000):
-    Page.objects.bulk_create(
-        Page(slug=f"page-{{i:07d}}", title=f"Page {{i}}", body=body, is_published=True, published_at=now)
-        for i in range(start, min(start + 5000, {count}))
-    )
-"""
+FILL = benchlib.FILL_PAGES  # `manage.py shell -c` code: bulk-insert {count} published pages
 # An update, not save(): no build request, so no launcher starts a build beside the one measured.
 EDIT = """
 from django.utils import timezone

@@ -17,17 +17,18 @@ def check_launcher(app_configs=None, **kwargs):
         get_config()
     except ImproperlyConfigured as exc:
         return [checks.Error(str(exc), hint="Fix settings.PUBLISHER (see DESIGN §1).", id=E002)]
+    return _backend_checks(
+        get_launcher, hint="Set LAUNCHER to 'local', 'heroku', or the dotted path of a launcher class.", id=E001
+    )
+
+
+def _backend_checks(get, *, hint, id):
+    """The backend ``get()`` builds reports its own problems; one that cannot be built is an error ``id``."""
     try:
-        launcher = get_launcher()
+        backend = get()
     except ImproperlyConfigured as exc:
-        return [
-            checks.Error(
-                str(exc),
-                hint="Set LAUNCHER to 'local', 'heroku', or the dotted path of a launcher class.",
-                id=E001,
-            )
-        ]
-    return list(launcher.check())
+        return [checks.Error(str(exc), hint=hint, id=id)]
+    return list(backend.check())
 
 
 E003 = "publisher.E003"  # the database cannot hold the coalescing constraints
@@ -86,13 +87,10 @@ def check_destination(app_configs=None, **kwargs):
 
     try:
         get_config()
-        destination = get_destination()
-    except ImproperlyConfigured as exc:
-        return [
-            checks.Error(
-                str(exc),
-                hint="Set SITE_DESTINATION to 'local', 's3', or the dotted path of a destination class.",
-                id=E030,
-            )
-        ]
-    return list(destination.check())
+    except ImproperlyConfigured:
+        return []  # reported once, by check_launcher (E002)
+    return _backend_checks(
+        get_destination,
+        hint="Set SITE_DESTINATION to 'local', 's3', or the dotted path of a destination class.",
+        id=E030,
+    )

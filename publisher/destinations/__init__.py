@@ -4,9 +4,7 @@ The destination is chosen by ``settings.PUBLISHER["DESTINATION"]`` (``BACKEND`` 
 like the launchers.
 """
 
-from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
-
+from ..backends import load_backend
 from .base import (
     BaseDestination,
     DestinationError,
@@ -43,16 +41,5 @@ def get_destination():
     from ..conf import get_config
 
     spec = get_config().DESTINATION or {}
-    backend = spec.get("BACKEND") or LOCAL
-    try:
-        cls = import_string(backend)
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"Unknown destination {backend!r}: expected 'local', 's3' or the dotted path of a destination class "
-            f"({exc})."
-        ) from None
-    if not (isinstance(cls, type) and issubclass(cls, BaseDestination)):
-        raise ImproperlyConfigured(
-            f"Destination {backend!r} is not a subclass of publisher.destinations.BaseDestination."
-        )
+    cls = load_backend(spec.get("BACKEND") or LOCAL, BaseDestination, kind="destination", expected="'local', 's3'")
     return cls(**(spec.get("OPTIONS") or {}))

@@ -11,8 +11,7 @@ import datetime
 import re
 from dataclasses import dataclass
 
-from django.core.exceptions import ImproperlyConfigured
-
+from ..backends import Backend
 from .manifest import FileEntry, Manifest
 
 NAME_PATTERN = re.compile(r"^(?P<time>\d{8}T\d{6})-b(?P<build>\d+)-a(?P<attempt>\d+)$")
@@ -96,23 +95,8 @@ class ReleaseWriter:
         raise NotImplementedError(f"{type(self).__name__} must implement abort()")
 
 
-class BaseDestination:
+class BaseDestination(Backend):
     """The contract. Subclasses implement every method below that raises ``NotImplementedError``."""
-
-    name = "base"
-    option_defaults = {}
-
-    def __init__(self, **options):
-        from ..conf import get_config
-
-        unknown = sorted(set(options) - set(self.option_defaults))
-        if unknown:
-            raise ImproperlyConfigured(
-                f"{type(self).__name__} does not accept option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(self.option_defaults)) or 'none'}."
-            )
-        self.options = {**self.option_defaults, **options}
-        self.config = get_config()
 
     def live_release(self):
         """The ``LiveRelease`` the pointer names, or ``None`` before the first publish."""

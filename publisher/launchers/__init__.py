@@ -5,8 +5,8 @@ like Django's email backends.
 """
 
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
 
+from ..backends import load_backend
 from .base import GONE, RUNNING, STARTING, STATUSES, TOKEN_VARIABLE, UNKNOWN, BaseLauncher, LaunchError
 
 __all__ = [
@@ -59,12 +59,4 @@ def _build(spec):
 
 
 def _load(backend):
-    try:
-        cls = import_string(backend)
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"Unknown launcher {backend!r}: expected 'local', 'heroku' or the dotted path of a launcher class ({exc})."
-        ) from None
-    if not (isinstance(cls, type) and issubclass(cls, BaseLauncher)):
-        raise ImproperlyConfigured(f"Launcher {backend!r} is not a subclass of publisher.launchers.BaseLauncher.")
-    return cls
+    return load_backend(backend, BaseLauncher, kind="launcher", expected="'local', 'heroku'")

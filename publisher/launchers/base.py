@@ -1,6 +1,6 @@
 """The launcher contract (DESIGN §4). Subclasses implement ``launch``, ``status``, ``stop`` and ``check``."""
 
-from django.core.exceptions import ImproperlyConfigured
+from ..backends import Backend
 
 #: The build process reads its launch token from this environment variable. A token is never put on a command line:
 #: one starting with ``-`` would be read by argparse as an option, and platforms show commands in logs and listings.
@@ -65,29 +65,12 @@ def redact(text, secrets):
     return text
 
 
-class BaseLauncher:
+class BaseLauncher(Backend):
     """Starts ``buildstaticsite --build ID`` (token in ``PUBLISHER_BUILD_TOKEN``) somewhere; returns a handle at once.
 
     Options come as keyword arguments (``PUBLISHER["LAUNCHER"]["OPTIONS"]``); names not in ``option_defaults``
     are refused. Settings are read here, when the launcher is built, never at import.
     """
-
-    #: Short name recorded on each build (``Build.launcher``).
-    name = "base"
-    #: Accepted option names and their defaults.
-    option_defaults = {}
-
-    def __init__(self, **options):
-        from ..conf import get_config
-
-        unknown = sorted(set(options) - set(self.option_defaults))
-        if unknown:
-            raise ImproperlyConfigured(
-                f"{type(self).__name__} does not accept option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(self.option_defaults)) or 'none'}."
-            )
-        self.options = {**self.option_defaults, **options}
-        self.config = get_config()
 
     def launch(self, *, build_id, token):
         """Start the build detached; return a JSON-able handle. Raise ``LaunchError`` on failure."""
