@@ -193,4 +193,8 @@ def _after_success(config, claim, progress):
             claim.build_id,
             exc,
         )
+    except Exception:  # a boundary: nothing after the switch changes the outcome (an interrupted rmtree can EBADF)
+        logger.exception(
+            "Build #%s went live; what came after failed and is left to the sweep and the next build", claim.build_id
+        )
     return said

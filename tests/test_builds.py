@@ -493,3 +493,19 @@ def test_what_an_editor_reads_after_a_failed_launch_is_one_short_sentence(error)
     outcome = builds.request_build("publish")
     assert ".." not in str(outcome) and str(outcome).count(".") == 1 and "Heroku" not in str(outcome)
     assert str(error) in outcome.for_operators
+
+
+def test_an_error_after_the_switch_changes_no_outcome(monkeypatch, site_root):
+    """Pruning that fails (an rmtree interrupted by a signal can raise EBADF) leaves the build a success, exit 0."""
+    from publisher import runner as runner_module
+
+    def broken_prune(config):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(runner_module, "prune_releases", broken_prune)
+    Page(slug="alpha", title="Alpha", body="a").publish()
+    builds.request_build("x")
+    launch = recording.launches[-1]
+    result = runner.run(builds.claim(launch["build_id"], launch["token"]))
+    assert result.exit_code == 0 and "is live" in result.message
+    assert Build.objects.get(pk=launch["build_id"]).state == S.SUCCEEDED
