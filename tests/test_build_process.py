@@ -1,20 +1,29 @@
 """The build command as a real process: killed at any instant, the live site stays on a complete release."""
 
 import os
+import random
+import shutil
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
 from publisher import builds
-from publisher.models import Build, BuildState, Page
+from publisher.launchers import recording
+from publisher.models import Build, BuildRequest, BuildState, Page
 from publisher.release import SiteRoot
 
 from .conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.postgres]
 PAGES = 20_000
+# Old releases pruned after a switch: removing one release of this many pages takes a few hundred ms, so the three
+# take far longer than the delays at which SIGTERM is sent after the switch.
+OLD_RELEASES = 3
+OLD_RELEASE_PAGES = 3_000
 
 
 def bulk_published(count, prefix):
@@ -92,3 +101,138 @@ def test_build_failure_exits_1_with_a_clear_message(children, child_env, site_ro
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
     assert "failed" in out and "releases" in out
+
+
+# --- Issue 8, defect 2: a SIGTERM after the switch ---------------------------------------------------------------
+
+
+def release_files(path):
+    """The relative paths of every file in a release folder."""
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file())
+
+
+def site_with_old_releases(children, child_env, site_root):
+    """OLD_RELEASES complete releases of the same OLD_RELEASE_PAGES pages, written by builds by hand. Returns the
+    file list they all have (every complete release of these pages has it)."""
+    bulk_published(OLD_RELEASE_PAGES, "r")
+    env = {**child_env, "SITE_RELEASES_KEPT": str(OLD_RELEASES)}
+    for _ in range(OLD_RELEASES):
+        proc = children.manage("buildstaticsite", env=env)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+    names = SiteRoot(site_root).complete_releases()
+    assert len(names) == OLD_RELEASES, names
+    files = release_files(site_root / "releases" / names[0])
+    assert "release.json" in files and len(files) > OLD_RELEASE_PAGES
+    assert all(release_files(site_root / "releases" / name) == files for name in names)
+    return files
+
+
+def launched_build():
+    """A build the (recording) launcher launched, waiting for its process: (build id, token)."""
+    outcome = builds.request_build("publish")
+    assert outcome.kind == "launched", outcome
+    launch = recording.launches[-1]
+    return launch["build_id"], launch["token"]
+
+
+def build_with_sigterm_after_the_switch(children, child_env, site_root, log, *, delay):
+    """Run the launched build's process (keeping one release, so it prunes every other), poll ``current`` until it
+    switches, then send SIGTERM ``delay`` seconds later, unless the process has ended by then.
+
+    Returns (build id, the release ``current`` switched to, whether the signal was sent, exit code, output).
+    """
+    build_id, token = launched_build()
+    env = {**child_env, "SITE_RELEASES_KEPT": "1"}
+    current = site_root / "current"
+    before = os.readlink(current)
+    with open(log, "w") as out:
+        # The token as --token=T (a form argparse cannot misread), as the launchers of 7c11d2f passed it too.
+        proc = children.manage("buildstaticsite", "--build", str(build_id), f"--token={token}", env=env, stdout=out)
+        deadline = time.monotonic() + 120
+        while os.readlink(current) == before and proc.poll() is None:
+            assert time.monotonic() < deadline, "the build did not switch the site within 120 s"
+            time.sleep(0.0005)
+        time.sleep(delay)
+        signalled = proc.poll() is None
+        if signalled:
+            proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=60)
+    output = Path(log).read_text()
+    live = os.readlink(current)
+    assert live != before, f"build #{build_id} ended (exit {returncode}) without switching the site:\n{output}"
+    return build_id, Path(live).name, signalled, returncode, output
+
+
+def check_the_build_succeeded(build_id, live, returncode, out, files, site_root, *, when):
+    """Defect 2's invariants: once the site has switched, the build succeeded whatever the signal interrupted.
+    Every broken one is named in one failure."""
+    build = Build.objects.get(pk=build_id)
+    broken = []
+    if build.state != BuildState.SUCCEEDED or build.release != live:
+        broken.append(f"recorded {build.state} ({build.error!r}) with release {build.release!r}, not succeeded")
+    retries = list(BuildRequest.objects.filter(retry_of__isnull=False).values_list("reason", flat=True))
+    if retries:
+        broken.append(f"retried although it went live: {retries}")
+    if "partial release was removed" in out:
+        broken.append("the log says the partial release was removed (it was live)")
+    if SiteRoot(site_root).live_name() != live:
+        broken.append(f"the live release moved on to {SiteRoot(site_root).live_name()}")
+    # Exit 0; or the signal came after the command had finished (its result printed) and the process, back on the
+    # default handler, was ending anyway.
+    finished = f"Build #{build_id}: release {live} with {OLD_RELEASE_PAGES} pages is live" in out
+    if not (returncode == 0 or (returncode == -signal.SIGTERM and finished)):
+        broken.append(f"exit code {returncode}")
+    for path in sorted((site_root / "releases").iterdir()):
+        if not path.name.startswith("."):  # a folder named like a release is complete
+            found = release_files(path)
+            if found != files:
+                seal = "with" if "release.json" in found else "without"
+                broken.append(f"release {path.name} holds {len(found)} of its {len(files)} files, {seal} release.json")
+    assert not broken, (
+        f"build #{build_id} switched the site to {live}, then: " + "; ".join(broken) + f"\n{when}; output:\n{out}"
+    )
+
+
+def handled_after_the_switch(out):
+    return "went live and was interrupted by SIGTERM afterwards" in out
+
+
+def test_sigterm_20ms_after_the_switch_leaves_a_recorded_success_and_only_complete_releases(
+    children, child_env, site_root, tmp_path
+):
+    """Defect 2 as found (5 of 5 at 7c11d2f): SIGTERM 20 ms after ``current`` switches, while old releases are pruned.
+    The build is ``succeeded`` with its release, not retried, exits 0, and no folder named like a release is partial."""
+    files = site_with_old_releases(children, child_env, site_root)
+    build_id, live, signalled, returncode, out = build_with_sigterm_after_the_switch(
+        children, child_env, site_root, tmp_path / "build.log", delay=0.020
+    )
+    check_the_build_succeeded(build_id, live, returncode, out, files, site_root, when="SIGTERM 20 ms after the switch")
+    # The signal reached the build while it pruned (or held off in the switch) and was handled as "after going live".
+    assert signalled and handled_after_the_switch(out), out
+
+
+def test_sigterm_at_random_moments_after_the_switch_changes_no_outcome(children, child_env, site_root, tmp_path):
+    """The same invariants with SIGTERM 0 ms, three random moments and 300 ms after the switch, one build each, the
+    old releases put back before each (``SIGTERM_DELAY_SEED`` replays the delays)."""
+    files = site_with_old_releases(children, child_env, site_root)
+    releases = site_root / "releases"
+    old = SiteRoot(site_root).complete_releases()
+    pristine = tmp_path / "pristine"  # hard-linked copies, to put the old releases back before each trial
+    for name in old:
+        shutil.copytree(releases / name, pristine / name, copy_function=os.link)
+    seed = int(os.environ.get("SIGTERM_DELAY_SEED") or random.randrange(2**32))
+    rng = random.Random(seed)
+    delays = [0.0, *sorted(round(rng.uniform(0, 0.3), 3) for _ in range(3)), 0.3]
+    handled = 0
+    for trial, delay in enumerate(delays):
+        for name in old:
+            if not (releases / name).exists():
+                shutil.copytree(pristine / name, releases / name, copy_function=os.link)
+        build_id, live, signalled, returncode, out = build_with_sigterm_after_the_switch(
+            children, child_env, site_root, tmp_path / f"build-{trial}.log", delay=delay
+        )
+        when = f"SIGTERM {delay * 1000:.0f} ms after the switch (trial {trial} of delays {delays}, seed {seed})"
+        check_the_build_succeeded(build_id, live, returncode, out, files, site_root, when=when)
+        handled += signalled and handled_after_the_switch(out)
+    assert handled, f"no SIGTERM of {delays} reached a build after its switch"

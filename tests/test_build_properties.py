@@ -7,6 +7,16 @@ sometimes two back to back, sometimes with a failing status call), a moving cloc
 any two steps. A crashed process reads "gone" to the recording launcher, a live one "running". After every step it
 checks the safety invariants of DESIGN §3, and after every sweep pass that the pass did what the sweep's rules say.
 
+Issue 8: a build process also runs the real ``runner.run`` (render into SITE_ROOT, switch, record, launch the queued
+build, prune) with a real SIGTERM to this process never, as it switches or as pruning starts: it ends ``succeeded``
+with its release, never retried (defect 2). A web process, worker or build that dies right after the launcher call
+leaves a build with no handle; when its process claims (at once, or later), the claim records the process's own
+handle (the recording launcher's ``this_process`` is patched to answer ``{"id": "self-N"}``), a running build always
+has a handle, and a claimed process that dies is judged by it: lost, not left to BUILD_TIMEOUT (defect 4). ``CLOCK``
+is the database's clock, read through the real ``builds.now()`` (its SQL answers CLOCK's time);
+``django.utils.timezone.now``, the clock of the process taking a step, runs up to six hours ahead or behind it from
+an outside event on, and no decision may change (defect 7).
+
 Liveness (issue 5): at the end of every example the faults stop, and the model drives the system to quiescence (live
 processes claim and succeed; the clock moves to the next deadline and a sweep pass runs), within a bound. Then every
 request must be attached to a build that succeeded and started after it, or whose failure was reported, or that an
@@ -24,8 +34,11 @@ The seed is printed; replay a run with ``HYPOTHESIS_SEED=<seed>``. ``BUILD_PROPE
 
 import contextlib
 import copy
+import itertools
 import os
 import secrets
+import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -36,15 +49,17 @@ import hypothesis.internal.conjecture.engine
 import pytest
 from django.db import connection, transaction
 from django.db.models import Q
+from django.utils import timezone
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from publisher import builds
+from publisher import builds, interrupts, runner
 from publisher import sweep as the_sweep
 from publisher.conf import get_config
 from publisher.launchers import GONE, RUNNING, STARTING, UNKNOWN, LaunchError, recording
 from publisher.models import ACTIVE_STATES, Build, BuildRequest, BuildState, Page
+from publisher.release import SiteRoot
 
 S = BuildState
 OPEN_STATES = (S.QUEUED, *ACTIVE_STATES)
@@ -70,7 +85,17 @@ PROCESS_STEPS = [
 ]
 
 # How the process of a launch starts (weighted by repetition).
-CLAIM_RACES = ["none"] * 4 + ["orphan first", "duplicate after", "dies before its claim", "hangs starting"]
+CLAIM_RACES = ["none"] * 4 + [
+    "orphan first",
+    "duplicate after",
+    "dies before its claim",
+    "hangs starting",
+    "dies after its claim",
+]
+
+# Whether the process that calls the launcher (a web process, a worker, a build launching the next build) dies right
+# after the call, before it records the handle (weighted by repetition).
+DIES = [False] * 5 + [True]
 
 # Outside events (weighted by repetition).
 OUTSIDE_EVENTS = [
@@ -86,7 +111,13 @@ OUTSIDE_EVENTS = [
     "requestbuild",
     "operator cancels",
     "build by hand",
+    "process clock skewed",
 ]
+# When the SIGTERM of a build process running ``runner.run`` for real comes (weighted by repetition): never, right after
+# the switch (inside the critical section), or as pruning starts (after the outcome is recorded).
+SIGTERM_MOMENTS = ["never", "as it switches", "as pruning starts", "as pruning starts"]
+# How far the clock of the process taking a step is from the database's (issue 8, defect 7).
+SKEWS = [timedelta(hours=h) for h in (-6, -1, 0, 1, 6)]
 
 EXAMPLES = int(os.environ.get("BUILD_PROPERTY_EXAMPLES", 50))
 STEPS = int(os.environ.get("BUILD_PROPERTY_STEPS", 50))
@@ -130,6 +161,43 @@ class Clock:
 
 
 CLOCK = Clock()
+
+
+class DatabaseClock(dict):
+    """Stands in for ``builds._CLOCK_SQL``: the statement the real ``builds.now()`` runs to read the database's clock,
+    here one that answers CLOCK's time (a tick per reading), so every decision reads the time as production does."""
+
+    def __getitem__(self, vendor):
+        moment = CLOCK().isoformat()
+        return f"SELECT CAST('{moment}' AS timestamptz)" if vendor == "postgresql" else f"SELECT '{moment}'"
+
+    def get(self, vendor, default=None):
+        return self[vendor]
+
+
+class ProcessClock:
+    """``django.utils.timezone.now`` during the test: the clock of the process taking a step, ``skew`` away from the
+    database's (a dyno whose clock runs ahead or behind). A reading ticks CLOCK too, so events stay ordered."""
+
+    skew = timedelta(0)
+
+    def __call__(self):
+        return CLOCK() + self.skew
+
+
+PROCESS_CLOCK = ProcessClock()
+_own_handles = itertools.count(1)
+
+
+def this_process(launcher):
+    """``RecordingLauncher.this_process`` for the test: the handle a claiming build process records about itself."""
+    return {"id": f"self-{next(_own_handles)}"}
+
+
+def sigterm_now():
+    """A real SIGTERM to this process; its handler has run when this returns (or raised out of it)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.sigtimedwait([], 0)
 
 
 class ProcessDied(BaseException):
@@ -220,6 +288,8 @@ class BuildMachine(RuleBasedStateMachine):
         recording.reset()
         del connection.run_on_commit[:]
         CLOCK.reset()
+        PROCESS_CLOCK.skew = timedelta(0)
+        shutil.rmtree(get_config().SITE_ROOT, ignore_errors=True)  # build ids and CLOCK start again: so do releases
         self.pending = []  # (request id, dispatch callback) that a commit handed to this web process
         self.dropped = set()  # request ids whose dispatch a crash lost: the next dispatch must pick them up
         self.requests = set()  # every committed request id
@@ -228,6 +298,7 @@ class BuildMachine(RuleBasedStateMachine):
         self.claimed = []  # (build id, token) of every Claim, for duplicate deliveries
         self.never_claim = set()  # launch tokens whose process died or hangs: it never claims (again)
         self.ran = set()  # tokens whose process rendered (at most once each)
+        self.own_handles = {}  # launch token -> the handle its process recorded at its claim (defect 4)
         self.pages = {}  # slug -> [title, live]
         self.next_page = 0
 
@@ -316,6 +387,12 @@ class BuildMachine(RuleBasedStateMachine):
             self.claims.append(result)
             after = row(build_id)
             assert after["state"] == S.RUNNING and after["started_at"] and after["launch_token"] == token
+            if before["handle"] is None:  # the launching process died before it recorded the launcher's handle
+                assert after["handle"], f"build #{build_id} claimed with no handle recorded: the sweep cannot judge it"
+                self.own_handles[token] = after["handle"]
+                note("claim recorded its own handle")
+            else:
+                assert after["handle"] == before["handle"], "a claim replaced the launcher's handle"
             note(f"claim won from {before['state']}")
         else:
             assert not expect, f"claim of build #{build_id} refused although it was {before}"
@@ -397,9 +474,10 @@ class BuildMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def dispatch(self, data):
         """One after-commit callback runs (in any order: there are several web processes). Now and then the web
-        process dies right after the launcher call, before it records the handle."""
+        process dies right after the launcher call, before it records the handle; then the build process it launched
+        may claim at once, with no handle recorded for it (issue 8, defect 4)."""
         index = data.draw(st.integers(0, len(self.pending) - 1), label="pending dispatch")
-        dies = data.draw(st.sampled_from([False] * 5 + [True]), label="dies after the launcher call")
+        dies = data.draw(st.sampled_from(DIES), label="dies after the launcher call")
         _request_id, callback = self.pending.pop(index)
         before = self._launch_before()
         with self._dying_after_the_launcher_call(dies) as died:
@@ -408,8 +486,17 @@ class BuildMachine(RuleBasedStateMachine):
         self._check_launch(before, died=died)
         if not died:
             self._check_promoted()
+        else:
+            self._claims_at_once(data)
 
     # --- Launch ---------------------------------------------------------------------------------------------------
+
+    def _claims_at_once(self, data):
+        """After a launch whose caller died before recording the handle: now and then the build process it started
+        claims before anything else happens, with no handle recorded for its build (issue 8, defect 4)."""
+        if data.draw(st.booleans(), label="its build process claims at once"):
+            launch = recording.launches[-1]
+            self._claim(launch["build_id"], launch["token"])
 
     @contextlib.contextmanager
     def _dying_after_the_launcher_call(self, dies):
@@ -437,9 +524,7 @@ class BuildMachine(RuleBasedStateMachine):
         """Passes of the real sweep (``publisher.sweep.sweep``) at the current clock: one, or two back to back (two
         workers, or a worker and a Scheduler job). Now and then the worker dies right after the launcher call."""
         for _ in range(data.draw(st.sampled_from([1, 1, 1, 2]), label="passes")):
-            self._sweep_pass(
-                dies=data.draw(st.sampled_from([False] * 5 + [True]), label="dies after the launcher call")
-            )
+            self._sweep_pass(dies=data.draw(st.sampled_from(DIES), label="dies after the launcher call"))
 
     def _sweep_pass(self, *, dies=False):
         """One pass; checks that it did to the active build what the sweep's rules say (issue 5), left ended builds
@@ -519,6 +604,8 @@ class BuildMachine(RuleBasedStateMachine):
             retried = BuildRequest.objects.filter(retry_of_id=pk).exists()
             assert retried or after["failure_reported_at"], "a lost build was neither retried nor reported"
             note("sweep marked a build lost" + ("" if retried else ", retries stopped"))
+            if before["handle"].get("id", "").startswith("self-"):
+                note("sweep marked a build lost by the handle its claim recorded")
             return
         assert expect in ("requeue", "requeue and stop")
         if expect == "requeue and stop":
@@ -551,14 +638,17 @@ class BuildMachine(RuleBasedStateMachine):
         for launch in recording.launches:
             if launch["token"] == token:
                 recording.statuses[launch["handle"]["id"]] = status
+        if token in self.own_handles:  # the handle its claim recorded names the same process
+            recording.statuses[self.own_handles[token]["id"]] = status
 
     @precondition(lambda self: self._claimable())
     @rule(data=st.data())
     def claim(self, data):
         """The process of a launch that its build still waits for starts and claims with its id and token. Now and
         then an orphan of an earlier attempt (an old token) tries the same build first, or the platform starts the
-        same process twice right after: both are refused. Or the process never claims: it dies before (the launcher
-        says "gone"), or hangs starting (the launcher says "starting" until the sweep stops it)."""
+        same process twice right after: both are refused. Or it dies right after its claim (the sweep judges it by
+        its handle). Or the process never claims: it dies before (the launcher says "gone"), or hangs starting (the
+        launcher says "starting" until the sweep stops it)."""
         launch = data.draw(st.sampled_from(self._claimable()), label="launch")
         race = data.draw(st.sampled_from(CLAIM_RACES), label="race")
         if race in ("dies before its claim", "hangs starting"):
@@ -572,6 +662,10 @@ class BuildMachine(RuleBasedStateMachine):
         if race == "duplicate after":
             self._claim(launch["build_id"], launch["token"], must_refuse=True)
             note("stray claim refused: duplicate start")
+        if race == "dies after its claim":  # the sweep judges it by its handle (its own, if the launcher's was lost)
+            self.claims = [c for c in self.claims if c.token != launch["token"]]
+            self._process_ends(launch["token"])
+            note("claimed process died")
 
     def _stray_claim(self, data):
         """A process that must not build claims: a duplicate start of a claimed one, an orphan whose build was
@@ -612,7 +706,8 @@ class BuildMachine(RuleBasedStateMachine):
         assert claim.token not in self.ran, "a build rendered twice for one claim"
         self.ran.add(claim.token)
         if step == "succeed":
-            self._succeed(claim)
+            if self._succeed(claim, dies=data.draw(st.sampled_from(DIES), label="dies after the launcher call")):
+                self._claims_at_once(data)
         elif step == "render error":
             self._render_error(claim)
         elif step == "sigterm":
@@ -623,6 +718,17 @@ class BuildMachine(RuleBasedStateMachine):
         else:
             assert step == "sigterm after a cancel"
             self._cancel_then_sigterm(claim)
+
+    @precondition(lambda self: self.claims)
+    @rule(data=st.data(), moment=st.sampled_from(SIGTERM_MOMENTS))
+    def build_runs_for_real(self, data, moment):
+        """A live build process runs the real ``runner.run`` to its end, and SIGTERM comes never, as it switches or as
+        pruning starts (issue 8, defect 2)."""
+        claim = data.draw(st.sampled_from(self.claims), label="claim")
+        self.claims.remove(claim)
+        assert claim.token not in self.ran, "a build rendered twice for one claim"
+        self.ran.add(claim.token)
+        self._run_for_real(claim, moment)
 
     def _heartbeat(self, claim, done):
         """Fenced: False once the claim is lost, and then the process stops at once without switching."""
@@ -635,21 +741,83 @@ class BuildMachine(RuleBasedStateMachine):
             self.claims.remove(claim)
             note("heartbeat fenced")
 
-    def _succeed(self, claim):
-        """As ``runner.run`` without the files: the fencing check before the switch, succeeded, then promote."""
+    def _succeed(self, claim, *, dies=False):
+        """As ``runner.run`` without the files: the fencing check before the switch, succeeded, then promote. With
+        ``dies`` the build process dies right after the launcher call that promotes the queued build; returns whether
+        it did."""
         expect = holds(row(claim.build_id), claim.token)
         if not builds.heartbeat(claim, done=len(self.pages), total=len(self.pages), moved=True):
             assert not expect  # fenced: stops without switching the site, and promotes nothing
             note("fenced before the switch")
-            return
+            return False
         assert expect
         assert builds.finish(claim, state=S.SUCCEEDED, release=f"r-b{claim.build_id}-a{claim.attempt}", pages=1)
         assert row(claim.build_id)["state"] == S.SUCCEEDED
         note("manual build succeeded" if claim.manual else "succeeded")
         before = self._launch_before()
-        builds.launch_next()
-        self._check_launch(before)
-        self._check_promoted()
+        with self._dying_after_the_launcher_call(dies) as died:
+            builds.launch_next()
+        self._check_launch(before, died=died)
+        if not died:
+            self._check_promoted()
+        return bool(died)
+
+    def _run_for_real(self, claim, moment):
+        """The real ``runner.run`` (render into SITE_ROOT, switch, record, launch the queued build, prune) under the
+        build command's signal handler, with a real SIGTERM to this process ``moment`` (issue 8, defect 2): once the
+        site has switched the build ends ``succeeded``, with its release, and is not retried."""
+        before = row(claim.build_id)
+        expect = holds(before, claim.token)
+        launch = self._launch_before()
+        retries = BuildRequest.objects.filter(retry_of__isnull=False).count()
+        with self._sigterm_at(moment):
+            restore = interrupts.install()
+            try:
+                result = runner.run(claim)
+            finally:
+                restore()
+        after = Build.objects.filter(pk=claim.build_id).values("state", "error", "release").first()
+        if not expect:  # fenced at its first heartbeat or before the switch: stops, switches nothing, promotes nothing
+            assert result.exit_code == runner.EXIT_OK and "stopped" in result.message, result
+            assert after["state"] == before["state"] and after["error"] == before["error"]
+            note("fenced before the switch")
+            return
+        assert after["state"] == S.SUCCEEDED, (
+            f"build #{claim.build_id} went live and got SIGTERM {moment}, then ended {after['state']} "
+            f"({after['error']}): {result.message}"
+        )
+        assert after["release"].endswith(f"-b{claim.build_id}-a{claim.attempt}"), after
+        assert result.exit_code == runner.EXIT_OK, result
+        assert BuildRequest.objects.filter(retry_of__isnull=False).count() == retries, (
+            "a build that went live was retried"
+        )
+        note(f"ran for real, SIGTERM {moment}: succeeded")
+        self._check_launch(launch)
+        if moment != "as it switches":  # a signal held off by the switch leaves the next launch to others
+            self._check_promoted()
+
+    @contextlib.contextmanager
+    def _sigterm_at(self, moment):
+        """While the block runs, SIGTERM comes right after the switch of ``current`` or as pruning starts."""
+        if moment == "never":
+            yield
+            return
+        name = "switch_to" if moment == "as it switches" else "prune"
+        original = getattr(SiteRoot, name)
+
+        def with_sigterm(site, *args, **kwargs):
+            if name == "prune":
+                sigterm_now()
+            done = original(site, *args, **kwargs)
+            if name == "switch_to":
+                sigterm_now()
+            return done
+
+        setattr(SiteRoot, name, with_sigterm)
+        try:
+            yield
+        finally:
+            setattr(SiteRoot, name, original)
 
     def _render_error(self, claim):
         """As ``runner.run`` when rendering raises: failed (fenced), reported, then promote the queued build."""
@@ -744,6 +912,9 @@ class BuildMachine(RuleBasedStateMachine):
             self._stray_claim(data)
         elif event == "operator cancels":
             self._operator_cancel(data)
+        elif event == "process clock skewed":
+            PROCESS_CLOCK.skew = data.draw(st.sampled_from(SKEWS), label="process clock skew")
+            note(f"process clock {PROCESS_CLOCK.skew.total_seconds() / 3600:+.0f} h")
         else:
             assert event == "build by hand"
             self._build_by_hand()
@@ -824,12 +995,16 @@ class BuildMachine(RuleBasedStateMachine):
         launches = {x["token"]: x for x in recording.launches}
         for build in active:
             assert build["launch_token"], "an active build without a launch token"
+            if build["state"] == S.RUNNING:
+                assert build["handle"], f"build #{build['pk']} is running with no handle: the sweep cannot judge it"
             if build["manual"]:
                 continue
             launch = launches.get(build["launch_token"])
             assert launch and launch["build_id"] == build["pk"], "an active build whose token no launch carried"
             if build["state"] == S.LAUNCHED:
                 assert build["handle"] == launch["handle"]
+            if build["state"] == S.RUNNING:
+                assert build["handle"] in (launch["handle"], self.own_handles.get(build["launch_token"]))
 
         requests = list(BuildRequest.objects.values("pk", "created_at", "build_id"))
         assert self.requests <= {r["pk"] for r in requests}, "a committed request vanished"
@@ -977,9 +1152,19 @@ class BuildMachine(RuleBasedStateMachine):
 
 @pytest.mark.django_db
 @pytest.mark.postgres
-def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, capsys):
-    settings.PUBLISHER = {**settings.PUBLISHER, "BUILD_TIMEOUT": BUILD_TIMEOUT, "BUILD_MAX_ATTEMPTS": MAX_ATTEMPTS}
-    monkeypatch.setattr(builds, "now", CLOCK)
+def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, capsys, tmp_path):
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "BUILD_TIMEOUT": BUILD_TIMEOUT,
+        "BUILD_MAX_ATTEMPTS": MAX_ATTEMPTS,
+        "SITE_ROOT": tmp_path / "site",  # where the builds that run for real write
+        "SITE_RELEASES_KEPT": 1,
+    }
+    # The database's clock is CLOCK, read by the real builds.now(); each process's own clock is skewed from it.
+    monkeypatch.setattr(builds, "_CLOCK_SQL", DatabaseClock())
+    monkeypatch.setattr(timezone, "now", PROCESS_CLOCK)
+    # The recording launcher describes a claiming process like the real launchers do (issue 8, defect 4).
+    monkeypatch.setattr(recording.RecordingLauncher, "this_process", this_process)
     seed = int(os.environ.get("HYPOTHESIS_SEED") or secrets.randbelow(2**32))
     with capsys.disabled():
         print(f"\nhypothesis seed: {seed} (replay with HYPOTHESIS_SEED={seed})", file=sys.stderr)

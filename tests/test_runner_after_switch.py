@@ -1,0 +1,54 @@
+"""A SIGTERM on the way out of a build that has switched the site (issue 8, defect 2), delivered as a real signal to
+this process while ``buildstaticsite`` (its handler installed) runs: the outcome is the switch's, a success."""
+
+import io
+import os
+import signal
+
+import pytest
+from django.core.management import call_command
+
+from publisher import runner
+from publisher.launchers import recording
+from publisher.models import Build, BuildRequest, BuildState, Page
+from publisher.release import SiteRoot
+
+pytestmark = pytest.mark.django_db
+
+
+def sigterm_now():
+    """A real SIGTERM to this process; its handler has run when this returns (or raised out of it)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.sigtimedwait([], 0)
+
+
+@pytest.fixture
+def launched(site_root, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        Page(slug="alpha", title="Alpha", body="body").publish()
+    (launch,) = recording.launches
+    return launch
+
+
+def test_a_sigterm_while_the_heartbeat_stops_after_the_switch_is_a_success(launched, site_root, monkeypatch):
+    """Found at b57b93e: runner.run stopped the heartbeat thread in a ``finally`` after ``build_release`` returned,
+    outside the critical section and outside the ``except BuildInterrupted`` that knows the site switched, so a
+    SIGTERM there escaped run() and buildstaticsite exited 143 saying the build was interrupted "before it started"
+    (the success recorded, the queued build not launched, nothing pruned)."""
+    stop = runner.HeartbeatProgress.stop
+
+    def stop_after_a_sigterm(progress):
+        try:
+            if SiteRoot(site_root).live_name():  # the site has switched: the signal comes on the way out
+                sigterm_now()
+        finally:
+            stop(progress)  # the heartbeat thread stops either way
+
+    monkeypatch.setattr(runner.HeartbeatProgress, "stop", stop_after_a_sigterm)
+    out = io.StringIO()
+    build_id, token = launched["build_id"], launched["token"]
+    call_command("buildstaticsite", "--build", str(build_id), f"--token={token}", stdout=out)  # exit 0: no CommandError
+    build = Build.objects.get(pk=build_id)
+    assert build.state == BuildState.SUCCEEDED and build.release == SiteRoot(site_root).live_name()
+    assert not BuildRequest.objects.filter(retry_of__isnull=False).exists()
+    assert f"release {build.release} with 1 pages is live" in out.getvalue()
