@@ -257,24 +257,25 @@ def launch_next():
         return Outcome(
             "queued", f"Build #{pk} starts when build #{active} has finished.", pk, detail=f"queued behind #{active}"
         )
-    if queued["next_attempt_at"] and queued["next_attempt_at"] > now():
+    at = now()  # one read of the clock decides whether it is due and stamps the launch
+    if queued["next_attempt_at"] and queued["next_attempt_at"] > at:
         return Outcome(
             "waiting",
             f"Build #{pk} will start at {_at(queued['next_attempt_at'])}.",
             pk,
             detail=f"is queued; its next attempt is at {queued['next_attempt_at']:%H:%M:%S} UTC (backoff)",
         )
-    return launch(pk)
+    return launch(pk, at=at)
 
 
-def launch(build_id):
+def launch(build_id, *, at=None):
     """``queued`` → ``launching`` → launcher call → ``launched``; on failure back to ``queued`` with backoff."""
     token = new_token()
     launcher = get_launcher()
     try:
         with transaction.atomic():
             won = Build.objects.filter(pk=build_id, state=S.QUEUED).update(
-                state=S.LAUNCHING, launch_token=token, launched_at=now(), launcher=launcher.name, handle=None
+                state=S.LAUNCHING, launch_token=token, launched_at=at or now(), launcher=launcher.name, handle=None
             )
     except IntegrityError:  # another build became active first
         active = Build.objects.filter(state__in=ACTIVE_STATES).values_list("pk", flat=True).first()
