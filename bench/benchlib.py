@@ -38,7 +38,7 @@ now = timezone.now()
 body = "Lorem ipsum dolor sit amet. " * 40
 for start in range(0, {count}, 5000):
     Page.objects.bulk_create(
-        Page(slug=f"page-{{i:07d}}", title=f"Page {{i}}", body=body, is_published=True, published_at=now)
+        Page.published_copy(slug=f"page-{{i:07d}}", title=f"Page {{i}}", body=body, published_at=now)
         for i in range(start, min(start + 5000, {count}))
     )
 """

@@ -28,7 +28,7 @@ FILL = benchlib.FILL_PAGES  # `manage.py shell -c` code: bulk-insert {count} pub
 EDIT = """
 from django.utils import timezone
 from publisher.models import Page
-Page.objects.filter(slug="page-0000042").update(body="An edited body.", updated_at=timezone.now())
+Page.objects.filter(slug="page-0000042").update(live_body="An edited body.", published_at=timezone.now())
 """
 
 

@@ -126,11 +126,12 @@ def _pending_request_id():
     return None
 
 
-def record_request(reason, *, by=None, retry_of_id=None, dispatch_after_commit=True):
+def record_request(reason, *, by=None, page=None, retry_of_id=None, dispatch_after_commit=True):
     """Insert a build request inside the current transaction; dispatch it once the transaction commits.
 
     Several calls in one transaction (a bulk action, a save that also publishes) make one request whose reason
-    lists them all. Returns the request's id.
+    lists them all. ``page`` is the page whose change this is (the first, for a joined request), so the page can
+    say where its last publish stands. Returns the request's id.
     """
     user = by if getattr(by, "is_authenticated", False) else None
     reason = str(reason)[:500]
@@ -139,7 +140,9 @@ def record_request(reason, *, by=None, retry_of_id=None, dispatch_after_commit=T
         joined = Substr(Concat(F("reason"), Value("; " + reason)), 1, 500)
         if pending is not None and BuildRequest.objects.filter(pk=pending, build__isnull=True).update(reason=joined):
             return pending
-    request = BuildRequest.objects.create(reason=reason, requested_by=user, retry_of_id=retry_of_id, created_at=now())
+    request = BuildRequest.objects.create(
+        reason=reason, requested_by=user, page=page, retry_of_id=retry_of_id, created_at=now()
+    )
     if dispatch_after_commit:
         transaction.on_commit(_Dispatch(request.pk), robust=True)
     return request.pk

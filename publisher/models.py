@@ -94,6 +94,11 @@ class Page(models.Model):
     )
     is_published = models.BooleanField("published", default=False, editable=False, db_index=True)
     published_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The live version (DESIGN §2): what builds render. title/slug/body above are the draft editors save; publish()
+    # copies them here. Null slug: nothing is live.
+    live_title = models.CharField(max_length=200, blank=True, editable=False)
+    live_slug = models.CharField(max_length=SLUG_MAX_LENGTH, null=True, blank=True, unique=True, editable=False)
+    live_body = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -109,6 +114,16 @@ class Page(models.Model):
                 & models.Q(LessThanOrEqual(Length("slug"), SLUG_MAX_LENGTH)),
                 name="publisher_page_slug_valid",
                 violation_error_message="The slug breaks the slug rules.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(live_slug__isnull=True)
+                | (
+                    models.Q(live_slug__regex=SLUG_PATTERN)
+                    & ~models.Q(live_slug__in=sorted(RESERVED_SLUGS))
+                    & models.Q(LessThanOrEqual(Length("live_slug"), SLUG_MAX_LENGTH))
+                ),
+                name="publisher_page_live_slug_valid",
+                violation_error_message="The live slug breaks the slug rules.",
             ),
         ]
 
@@ -135,8 +150,14 @@ class Page(models.Model):
                     .values("is_published", *CONTENT_FIELDS)
                     .first()
                 )
-            if self.is_published and self.published_at is None:
+            changed = before is None or any(before[name] != getattr(self, name) for name in CONTENT_FIELDS)
+            if self.is_published and (self.published_at is None or changed or not before["is_published"]):
                 self.published_at = timezone.now()
+            # Until drafts: what is saved on a published page is live.
+            if self.is_published:
+                self.live_slug, self.live_title, self.live_body = self.slug, self.title, self.body
+            else:
+                self.live_slug, self.live_title, self.live_body = None, "", ""
             super().save(*args, **kwargs)
             signal = self._signal_for(before)
             if signal is not None:
@@ -187,6 +208,21 @@ class Page(models.Model):
                 signals.page_deleted.send(sender=type(self), page=self, by=by)
             return super().delete(*args, **kwargs)
 
+    @classmethod
+    def published_copy(cls, *, slug, title, body="", published_at=None, **fields):
+        """An unsaved page whose draft is live as it stands (for ``bulk_create`` in tests, benchmarks, fixtures)."""
+        return cls(
+            slug=slug,
+            title=title,
+            body=body,
+            is_published=True,
+            published_at=published_at or timezone.now(),
+            live_slug=slug,
+            live_title=title,
+            live_body=body,
+            **fields,
+        )
+
     @property
     def status(self):
         return "published" if self.is_published else "draft"
@@ -227,6 +263,16 @@ class Build(models.Model):
     attempt = models.PositiveIntegerField(default=1, editable=False)
     next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
     error = models.TextField(blank=True, editable=False)
+    # The last launch failure, structured (DESIGN §8), so the banner and the doctor need not parse ``error``.
+    error_status = models.PositiveSmallIntegerField(null=True, blank=True, editable=False, help_text="HTTP status")
+    error_id = models.CharField(max_length=100, blank=True, editable=False, help_text="the platform's error id")
+    error_request_id = models.CharField(max_length=100, blank=True, editable=False)
+    needs_operator = models.BooleanField(default=False, editable=False, help_text="a person must act")
+    # Cancelling: the canceller writes ``cancelled`` and this time; stopping the process happens outside its request.
+    cancelled_by = models.CharField(max_length=150, blank=True, editable=False)
+    stop_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stopped_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stop_error = models.TextField(blank=True, editable=False)
     pages_done = models.PositiveIntegerField(null=True, blank=True, editable=False)
     pages_total = models.PositiveIntegerField(null=True, blank=True, editable=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -246,7 +292,11 @@ class Build(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        permissions = [("rollback_site", "Can roll the live site back to an earlier release")]
+        permissions = [
+            ("request_build", "Can rebuild the site now"),
+            ("cancel_build", "Can cancel builds"),
+            ("rollback_site", "Can roll the live site back to an earlier release"),
+        ]
         indexes = [
             # The sweep's and the dispatcher's frequent lookups touch only the few open builds, whatever the history.
             models.Index(fields=["id"], condition=models.Q(state__in=OPEN_STATES), name="publisher_build_open"),
@@ -279,6 +329,9 @@ class BuildRequest(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests")
+    page = models.ForeignKey(
+        Page, null=True, blank=True, on_delete=models.SET_NULL, related_name="build_requests", editable=False
+    )
     retry_of = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
@@ -286,6 +339,7 @@ class BuildRequest(models.Model):
         indexes = [
             models.Index(fields=["created_at"], name="publisher_request_unattached", condition=models.Q(build=None)),
             models.Index(fields=["created_at"], name="publisher_request_created"),
+            models.Index(fields=["page", "-id"], name="publisher_request_page"),
         ]
 
     def __str__(self):

@@ -24,4 +24,4 @@ REASONS = {
 def request_build_for_page(signal, sender, page, by=None, raw=False, **kwargs):
     if raw:  # fixture loading
         return
-    builds.record_request(REASONS[signal].format(title=page.title[:200]), by=by)
+    builds.record_request(REASONS[signal].format(title=page.title[:200]), by=by, page=page if page.pk else None)

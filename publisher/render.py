@@ -8,6 +8,7 @@ build with a ``RenderError`` that names the page.
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from django.contrib.staticfiles import finders
@@ -58,9 +59,22 @@ def page_url(base_url, slug=""):
     return f"{base_url.rstrip('/')}/{slug}/" if slug else f"{base_url.rstrip('/')}/"
 
 
+@dataclass(frozen=True, slots=True)
+class LivePage:
+    """The live version of a page (DESIGN §2): what a release shows, never the draft."""
+
+    pk: int
+    slug: str
+    title: str
+    body: str
+    published_at: object
+
+
 def published_pages():
-    """The published pages a release contains, in site order."""
-    return Page.objects.filter(is_published=True).order_by("slug").only("slug", "title", "body", "updated_at")
+    """The live versions of the published pages a release contains, in site order (a queryset of ``LivePage``
+    tuples: ``count()`` and ``iterator()`` work)."""
+    fields = ("pk", "live_slug", "live_title", "live_body", "published_at")
+    return Page.objects.filter(is_published=True, live_slug__isnull=False).order_by("live_slug").values_list(*fields)
 
 
 class IndexWriter:
@@ -174,12 +188,13 @@ def render_site(release, *, base_url, progress):
     sitemap = SitemapWriter(release, base_url)
     sitemap.add(page_url(base_url))
     done = 0
-    for page in pages.iterator(chunk_size=2000):
+    for row in pages.iterator(chunk_size=2000):
+        page = LivePage(*row)
         path = page_path(RELEASE_ROOT, page.slug, page_id=page.pk).relative_to(RELEASE_ROOT)
         context = {"page": page, "root": "../", "stylesheet": stylesheet}
         release.add(PurePosixPath(path).as_posix(), page_template.render(context), HTML)
         index.add(page.slug, page.title)
-        sitemap.add(page_url(base_url, page.slug), page.updated_at)
+        sitemap.add(page_url(base_url, page.slug), page.published_at)
         done += 1
         progress.advance(done)
     index.close()

@@ -29,7 +29,7 @@ OLD_RELEASE_PAGES = 3_000
 def bulk_published(count, prefix):
     now = timezone.now()
     Page.objects.bulk_create(
-        Page(slug=f"{prefix}{i:06d}", title=f"Page {i}", body="x" * 200, is_published=True, published_at=now)
+        Page.published_copy(slug=f"{prefix}{i:06d}", title=f"Page {i}", body="x" * 200, published_at=now)
         for i in range(count)
     )
 
@@ -47,7 +47,7 @@ def partial_with_pages(site_root):
 
 def first_release(children, child_env, site_root):
     # Without signals: no build request, so the build by hand below finds the slot free.
-    Page.objects.bulk_create([Page(slug="first", title="First", body="the first page", is_published=True)])
+    Page.objects.bulk_create([Page.published_copy(slug="first", title="First", body="the first page")])
     proc = children.manage("buildstaticsite", env=child_env)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out

@@ -51,7 +51,7 @@ def settled():
 
 def bulk_published(count):
     Page.objects.bulk_create(
-        Page(slug=f"bulk{i:06d}", title=f"Bulk {i}", body="x" * 200, is_published=True, published_at=timezone.now())
+        Page.published_copy(slug=f"bulk{i:06d}", title=f"Bulk {i}", body="x" * 200, published_at=timezone.now())
         for i in range(count)
     )
 

@@ -143,6 +143,11 @@ class BaseDestination(Backend):
         """A list of ``django.core.checks`` messages about this destination's configuration."""
         raise NotImplementedError(f"{type(self).__name__} must implement check()")
 
+    def check_write(self):
+        """Prove this destination accepts a write (the doctor): store and remove a small probe object outside any
+        release. Returns ``None``; raises ``DestinationError`` saying what was refused."""
+        raise NotImplementedError(f"{type(self).__name__} must implement check_write()")
+
     def describe(self):
         """A few words naming where the site goes (``/srv/site``, ``s3://bucket/prefix``)."""
         return self.name

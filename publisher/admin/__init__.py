@@ -1,0 +1,3 @@
+"""The admin: pages (``pages``), builds and the live site (``builds``). Importing registers both."""
+
+from . import builds, pages  # noqa: F401
