@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-pytest_plugins = ["tests.launcher_fixtures"]
+pytest_plugins = ["tests.launcher_fixtures", "tests.browser"]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (``item.rep_call``), so fixtures can tell that the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
