@@ -8,14 +8,18 @@ build with a ``RenderError`` that names the page.
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from django.contrib.staticfiles import finders
 from django.core.exceptions import ValidationError
 from django.template.loader import get_template
+from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
 
-from .models import Page
+from .models import RESERVED_SLUGS, SLUG_MAX_LENGTH, SLUG_PATTERN, Page
 
 INDEX_PAGE_SIZE = 100
 SITEMAP_MAX_URLS = 50_000
@@ -53,6 +57,20 @@ def page_path(directory, slug, *, page_id):
         else:
             return folder / "index.html"
     raise RenderError(f"Page #{page_id} has the slug {slug!r}, which {problem} Fix the slug and publish again.")
+
+
+_slug_keeps_the_rules = re.compile(SLUG_PATTERN).match
+
+
+def page_file(slug, *, page_id):
+    """``<slug>/index.html``: the page's file inside a release, for a slug that keeps the slug rules.
+
+    The same rules as ``page_path`` (the model's validators), checked without building paths: this runs once per
+    page. Any other slug goes through ``page_path``, which raises the ``RenderError`` naming the page.
+    """
+    if len(slug) <= SLUG_MAX_LENGTH and slug not in RESERVED_SLUGS and _slug_keeps_the_rules(slug):
+        return f"{slug}/index.html"
+    return PurePosixPath(page_path(RELEASE_ROOT, slug, page_id=page_id).relative_to(RELEASE_ROOT)).as_posix()
 
 
 def page_url(base_url, slug=""):
@@ -93,7 +111,7 @@ class IndexWriter:
     def add(self, slug, title):
         if len(self.entries) == INDEX_PAGE_SIZE:
             self._flush(has_next=True)
-        self.entries.append({"slug": slug, "title": title})
+        self.entries.append((slug, title))
 
     def close(self):
         self._flush(has_next=False)
@@ -103,8 +121,12 @@ class IndexWriter:
         root = "" if n == 1 else "../../"
         path = "index.html" if n == 1 else f"page/{n}/index.html"
         previous = None if n == 1 else (f"{root}" if n == 2 else f"{root}page/{n - 1}/")
+        # The list items are escaped here, in one pass, rather than by a template loop: a tenth of a build's time.
+        items = "".join(
+            f'<li><a href="{root}{escape(slug)}/">{escape(title)}</a></li>\n' for slug, title in self.entries
+        )
         context = {
-            "entries": self.entries,
+            "entries": mark_safe(items),  # every part is escaped above
             "number": n,
             "root": root,
             "stylesheet": self.stylesheet,
@@ -126,7 +148,6 @@ class SitemapWriter:
         self.release = release
         self.base_url = base_url
         self.urlset_head, self.urlset_tail = get_template("publisher/site/urlset.xml").render({}).split("<!--urls-->")
-        self.urls_template = get_template("publisher/site/urls.xml")
         self.index_template = get_template("publisher/site/sitemapindex.xml")
         self.files = 0
         self.count = 0
@@ -137,14 +158,19 @@ class SitemapWriter:
     def add(self, loc, lastmod=None):
         if self.parts is None or self.count == SITEMAP_MAX_URLS:
             self._next_file()
-        self.buffer.append({"loc": loc, "lastmod": lastmod})
+        # As the template language would write them (escaped; ``|date:"c"`` in the current time zone), without its
+        # cost per URL: the sitemap was an eighth of a build's time.
+        entry = f"<url><loc>{escape(loc)}</loc>"
+        if lastmod:
+            entry += f"<lastmod>{timezone.localtime(lastmod).isoformat()}</lastmod>"
+        self.buffer.append(entry + "</url>\n")
         self.count += 1
         if len(self.buffer) == SITEMAP_RENDER_CHUNK:
             self._drain()
 
     def _drain(self):
         if self.buffer:
-            self.parts.append(self.urls_template.render({"urls": self.buffer}))
+            self.parts.append("".join(self.buffer))
             self.buffer = []
 
     def _next_file(self):
@@ -190,9 +216,9 @@ def render_site(release, *, base_url, progress):
     done = 0
     for row in pages.iterator(chunk_size=2000):
         page = LivePage(*row)
-        path = page_path(RELEASE_ROOT, page.slug, page_id=page.pk).relative_to(RELEASE_ROOT)
+        path = page_file(page.slug, page_id=page.pk)
         context = {"page": page, "root": "../", "stylesheet": stylesheet}
-        release.add(PurePosixPath(path).as_posix(), page_template.render(context), HTML)
+        release.add(path, page_template.render(context), HTML)
         index.add(page.slug, page.title)
         sitemap.add(page_url(base_url, page.slug), page.published_at)
         done += 1
