@@ -1,4 +1,5 @@
-"""The launcher contract (DESIGN §4). Subclasses implement ``launch``, ``status``, ``stop`` and ``check``."""
+"""The launcher contract (DESIGN §4). Subclasses implement ``launch``, ``status``, ``stop`` and ``check``, and may
+implement ``diagnose`` (the doctor's look at the platform)."""
 
 from ..backends import Backend
 
@@ -87,6 +88,12 @@ class BaseLauncher(Backend):
     def check(self):
         """A list of ``django.core.checks`` messages about this launcher's configuration."""
         raise NotImplementedError(f"{type(self).__name__} must implement check()")
+
+    def diagnose(self):
+        """Whether this launcher can reach its platform, for ``manage.py publisherdoctor``: a list of
+        ``publisher.health.Finding``. It may call the platform (with the configured timeouts) but never starts a
+        build and never names a secret. The default has nothing to ask beyond ``check()``: an empty list."""
+        return []
 
     def describe(self, handle):
         """A few words naming where the build runs, for messages ("run.4821", "pid 1234")."""

@@ -19,6 +19,7 @@ import requests
 from django.core import checks
 from heroku3.api import Heroku, RateLimitExceeded, ResponseError
 
+from ..health import Finding, Level
 from .base import GONE, RUNNING, STARTING, UNKNOWN, BaseLauncher, LaunchError, redact
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,12 @@ TIME_TO_LIVE_MARGIN = 300  # the sweep stops a build at BUILD_TIMEOUT; Heroku's 
 
 #: 422 error ids that mean "too many dynos right now": waiting helps, no operator needed.
 DYNO_LIMIT_ERROR_IDS = frozenset({"cannot_run_above_limit"})
+
+#: Apps built with Cloud Native Buildpacks: their stack is ``cnb`` (Heroku's CLI prepends ``launcher`` to
+#: ``heroku run`` commands exactly then), their generation ``fir``. Their dynos find python only through ``launcher``.
+CNB_STACKS = frozenset({"cnb"})
+CNB_GENERATIONS = frozenset({"fir"})
+CNB_LAUNCHER = "launcher"
 
 DYNO_STATES = {"starting": STARTING, "up": RUNNING, "crashed": GONE, "down": GONE}
 
@@ -197,6 +204,139 @@ class HerokuLauncher(BaseLauncher):
                 )
             )
         return errors
+
+    def diagnose(self):
+        """The doctor's questions to Heroku, through the same session as every launch (timeouts, key, redaction):
+        ``GET /apps/{app}`` (is the key accepted, does the app exist, does ``COMMAND_PREFIX`` fit its stack), then
+        ``GET /apps/{app}/formation`` (its dyno tier, for the one-off dyno limit). Starts nothing."""
+        missing = [f"HEROKU_{name}" for name in ("API_KEY", "APP_NAME") if not self.options[name]]
+        if missing:
+            return [
+                Finding(
+                    Level.FAIL,
+                    f"Heroku was not asked: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.",
+                    f"Set {' and '.join(missing)} (see publisher.E010 and publisher.E011).",
+                )
+            ]
+        app = self.app_name
+        try:
+            info = self._request("diagnose", "GET", ("apps", app))
+        except LaunchError as exc:
+            return [self._unreachable_finding(exc)]
+        info = info if isinstance(info, dict) else {}
+        found = [Finding(Level.OK, f"Heroku accepts the API key, and the app {app!r} exists{_where(info)}.")]
+        found += self._stack_findings(info)
+        try:
+            formation = self._request("diagnose", "GET", ("apps", app, "formation"))
+        except LaunchError as exc:
+            found.append(
+                Finding(
+                    Level.WARN,
+                    f"Heroku did not say which dynos the app runs, so its one-off dyno limit is unknown: {exc}",
+                )
+            )
+        else:
+            found.append(self._limit_finding(formation if isinstance(formation, list) else []))
+        return found
+
+    def _unreachable_finding(self, exc):
+        """The finding for a failed ``GET /apps/{app}``: what Heroku said, in words, and what to do."""
+        app = self.app_name
+        if exc.status == 401:
+            return Finding(
+                Level.FAIL, f"Heroku rejected the API key (HTTP 401, {exc.error_id or 'unauthorized'}).", NEW_TOKEN_HINT
+            )
+        if exc.status == 403:
+            return Finding(
+                Level.FAIL,
+                f"Heroku accepts the API key but refuses it access to the app {app!r} (HTTP 403, "
+                f"{exc.error_id or 'forbidden'}).",
+                f"Use a key of an account that is a member or collaborator of {app!r}. {NEW_TOKEN_HINT}",
+            )
+        if exc.status == 404:
+            return Finding(
+                Level.FAIL,
+                f"Heroku has no app {app!r} that this key can see (HTTP 404).",
+                "Check HEROKU_APP_NAME against `heroku apps`, and that the key's account can see the app.",
+            )
+        return Finding(
+            Level.FAIL,
+            f"Heroku could not be asked about the app {app!r}: {exc}",
+            "Try again; if it persists, check HEROKU_API_URL, the network, and https://status.heroku.com.",
+        )
+
+    def _stack_findings(self, info):
+        """Whether ``COMMAND_PREFIX`` fits the app's stack: apps built with Cloud Native Buildpacks (stack ``cnb``,
+        the Fir generation) find ``python`` only through ``launcher``; classic-buildpack apps have no ``launcher``.
+        Heroku's CLI decides the same way (``heroku run`` prepends ``launcher`` when the stack is ``cnb``)."""
+        app = self.app_name
+        stack = _name(info.get("stack"))
+        build_stack = _name(info.get("build_stack"))
+        generation = _name(info.get("generation"))
+        if not stack:
+            return [
+                Finding(
+                    Level.WARN,
+                    f"Heroku's answer names no stack for {app!r}, so whether HEROKU_COMMAND_PREFIX fits cannot be "
+                    "told.",
+                    "Look at `heroku apps:info` and `heroku stack`; apps on Cloud Native Buildpacks need "
+                    "HEROKU_COMMAND_PREFIX=launcher.",
+                )
+            ]
+        found = [self._prefix_finding(stack, generation, upcoming=False)]
+        if build_stack and build_stack != stack:
+            later = self._prefix_finding(build_stack, generation, upcoming=True)
+            if later.level is not Level.OK:
+                found.append(later)
+        return found
+
+    def _prefix_finding(self, stack, generation, *, upcoming):
+        app = self.app_name
+        prefix = (self.options["COMMAND_PREFIX"] or "").strip()
+        words = shlex.split(prefix) if prefix else []
+        has_launcher = words[:1] == [CNB_LAUNCHER]
+        cnb = stack in CNB_STACKS or generation in CNB_GENERATIONS
+        kind = "Cloud Native Buildpacks" if cnb else "classic buildpacks"
+        which = f"After its next build the app {app!r} is on" if upcoming else f"The app {app!r} is on"
+        said = f"HEROKU_COMMAND_PREFIX is {prefix!r}" if prefix else "HEROKU_COMMAND_PREFIX is empty"
+        if cnb and not has_launcher:
+            return Finding(
+                Level.FAIL,
+                f"{which} the stack {stack!r} ({kind}), where a one-off dyno finds python only through "
+                f"`{CNB_LAUNCHER}`, and {said}: every build would end with 'python: command not found'.",
+                f"Set HEROKU_COMMAND_PREFIX={CNB_LAUNCHER}.",
+            )
+        if has_launcher and not cnb:
+            return Finding(
+                Level.FAIL,
+                f"{which} the stack {stack!r} ({kind}), which has no `{CNB_LAUNCHER}` command, and {said}: every "
+                f"build would end with '{CNB_LAUNCHER}: command not found'.",
+                "Unset HEROKU_COMMAND_PREFIX (`heroku config:unset HEROKU_COMMAND_PREFIX`).",
+            )
+        return Finding(Level.OK, f"{which} the stack {stack!r} ({kind}), and {said}: that fits.")
+
+    def _limit_finding(self, formation):
+        """The one-off dyno limit: Heroku's API does not report it, so say so, with the tier the app's dynos are on
+        (read from its formation) and what happens when a launch is above the limit."""
+        running = [
+            f"{item.get('type')} {item.get('quantity')}× {item.get('size')}"
+            for item in formation
+            if isinstance(item, dict) and item.get("quantity")
+        ]
+        tiers = sorted(
+            {str(item.get("size") or "").split("-")[0].lower() for item in formation if isinstance(item, dict)} - {""}
+        )
+        dynos = f"the app runs {', '.join(running)}" if running else "the app runs no formation dynos"
+        tier = f" ({'/'.join(tiers)} tier)" if tiers else ""
+        text = f"Heroku's API does not report the limit on concurrent one-off dynos; {dynos}{tier}."
+        if "eco" in tiers:
+            return Finding(Level.WARN, text, self._hint(422, next(iter(DYNO_LIMIT_ERROR_IDS))))
+        return Finding(
+            Level.OK,
+            text,
+            "A launch above the limit (HTTP 422 cannot_run_above_limit) waits and is retried; Heroku's limits are at "
+            "https://devcenter.heroku.com/articles/limits.",
+        )
 
     def describe(self, handle):
         handle = handle if isinstance(handle, dict) else {}
@@ -415,3 +555,14 @@ class HerokuLauncher(BaseLauncher):
         if re.search(r"\b(dyno|process)\b", text, re.IGNORECASE):
             return False
         return bool(self.app_name) and re.search(rf"(?<![\w-]){re.escape(self.app_name)}(?![\w-])", text) is not None
+
+
+def _name(value):
+    """The ``name`` of a nested ``{"id", "name"}`` object in Heroku's answers, or ``""``."""
+    name = value.get("name") if isinstance(value, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _where(info):
+    region = _name(info.get("region"))
+    return f" (region {region})" if region else ""

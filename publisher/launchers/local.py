@@ -286,6 +286,37 @@ class LocalLauncher(BaseLauncher):
             )
         return messages
 
+    def diagnose(self):
+        """Whether this machine can start a build: ``<python> manage.py help buildstaticsite`` in the project
+        directory, with this process's environment (as ``launch`` passes it on), within ``HELPER_TIMEOUT``."""
+        from ..health import Finding, Level
+
+        argv = [self.python(), "manage.py", "help", "buildstaticsite"]
+        where = f"{self.python()} in {self.project_dir()} on {socket.gethostname()}"
+        try:
+            result = subprocess.run(
+                argv,
+                cwd=self.project_dir(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=HELPER_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return [Finding(Level.FAIL, f"The local launcher cannot run {where}: {type(exc).__name__}: {exc}.")]
+        if result.returncode != 0:
+            said = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [
+                Finding(
+                    Level.FAIL,
+                    f"The local launcher's build command does not start ({where}, exit {result.returncode}): "
+                    f"{said[0][:300]}",
+                    "Run `python manage.py help buildstaticsite` there to see the whole error.",
+                )
+            ]
+        return [Finding(Level.OK, f"The local launcher can start builds ({where}).")]
+
     def describe(self, handle):
         return f"pid {handle.get('pid')} on {handle.get('host')}"
 
