@@ -179,21 +179,6 @@ def test_a_failed_launch_is_a_warning_and_the_page_is_saved(admin_client):
     assert "rejected the API key" not in html, "the platform's error is for operators"
 
 
-def test_build_history_and_cancel(admin_client):
-    from publisher import builds
-    from publisher.models import Build
-
-    builds.request_build("x")
-    b = Build.objects.get()
-    changelist = reverse("admin:publisher_build_changelist")
-    html = admin_client.get(changelist).content.decode()
-    assert f"Build #{b.pk} (launched)" in html
-    assert admin_client.get(reverse("admin:publisher_build_change", args=[b.pk])).status_code == 200
-    response = admin_client.post(changelist, {"action": "cancel_selected", "_selected_action": [b.pk]}, follow=True)
-    assert f"Build #{b.pk} cancelled" in response.content.decode()
-    assert Build.objects.get().state == "cancelled"
-
-
 # --- A body over the limit is a form error, not a bare 400, and the editor's text survives ---------------------
 
 
@@ -233,55 +218,3 @@ def test_a_body_at_the_limit_saves_even_in_four_byte_characters(admin_client):
 def test_the_body_textarea_carries_the_limit(admin_client):
     html = admin_client.get(reverse("admin:publisher_page_add")).content.decode()
     assert 'maxlength="1000000"' in html
-
-
-def test_the_build_history_says_where_the_site_went(admin_client, site_root):
-    """Issue 9: the live release, its build, where, and per build what was uploaded and copied."""
-    from publisher import builds, runner
-    from publisher.launchers import recording
-
-    Page(slug="alpha", title="Alpha", body="a").publish()
-    builds.request_build("x")
-    launch = recording.launches[-1]
-    result = runner.run(builds.claim(launch["build_id"], launch["token"]))
-    build = Build.objects.get(pk=launch["build_id"])
-    assert build.published["destination"] == str(site_root) and build.published["uploaded"] >= 4, result
-    html = admin_client.get(reverse("admin:publisher_build_changelist")).content.decode()
-    assert f"Live: release {build.release} (build #{build.pk})" in html and str(site_root) in html
-    assert f"{build.release}: {build.published['uploaded']:,} uploaded, 0 copied" in html
-    page = admin_client.get(reverse("admin:publisher_build_change", args=[build.pk])).content.decode()
-    assert build.launch_token not in page and build.launch_token not in html, "the launch token is never shown"
-
-
-def test_roll_back_to_a_builds_release_needs_its_permission(admin_client, client, django_user_model, site_root):
-    """Issue 9: rollback from the admin is the same one pointer write as ``rollbacksite``."""
-    from django.contrib.auth.models import Permission
-
-    from publisher import builds, runner
-    from publisher.launchers import recording
-    from publisher.release import SiteRoot
-
-    Page(slug="alpha", title="Alpha", body="a").publish()
-    made = []
-    for _ in range(2):
-        builds.request_build("x")
-        launch = recording.launches[-1]
-        runner.run(builds.claim(launch["build_id"], launch["token"]))
-        made.append(Build.objects.get(pk=launch["build_id"]))
-    first, second = made
-    assert SiteRoot(site_root).live_name() == second.release
-    changelist = reverse("admin:publisher_build_changelist")
-    action = {"action": "roll_back_to_selected", "_selected_action": [first.pk]}
-
-    staff = django_user_model.objects.create_user("editor", password="pw", is_staff=True)
-    staff.user_permissions.add(Permission.objects.get(codename="view_build"))
-    client.force_login(staff)
-    assert "roll_back_to_selected" not in client.get(changelist).content.decode()
-    client.post(changelist, action)
-    assert SiteRoot(site_root).live_name() == second.release, "no permission, no rollback"
-
-    response = admin_client.post(changelist, action, follow=True)
-    assert f"The site is back on build #{first.pk}&#x27;s release {first.release}." in response.content.decode()
-    assert SiteRoot(site_root).live_name() == first.release
-    response = admin_client.post(changelist, {**action, "_selected_action": [first.pk, second.pk]}, follow=True)
-    assert "Select exactly one build" in response.content.decode()

@@ -101,7 +101,17 @@ class BuildAdmin(admin.ModelAdmin):
     """Build history and build pages; the buttons ``Rebuild site now``, ``Cancel build``, ``Roll back to this
     release``; cancel and roll back are also list actions."""
 
-    list_display = ["number", "state_badge", "reasons", "where_it_ran", "times", "duration", "pages", "error_words"]
+    list_display = [
+        "number",
+        "state_badge",
+        "reasons",
+        "where_it_ran",
+        "times",
+        "duration",
+        "pages",
+        "release_column",
+        "error_words",
+    ]
     list_display_links = ["number"]
     list_filter = ["state", "manual"]
     list_per_page = 50
@@ -190,6 +200,24 @@ class BuildAdmin(admin.ModelAdmin):
         if not build.error:
             return "—"
         return format_html('<span title="{}">{}</span>', build.error, _shorten(build.error, 100))
+
+    @admin.display(description="release", ordering="release")
+    def release_column(self, build):
+        """The release's name and, below it, what went where in a few words."""
+        if not build.release:
+            return "—"
+        published = build.published or {}
+        went = ""
+        if published:
+            kept = "" if published.get("went_live", True) else "; kept, a newer release was live"
+            went = format_html(
+                '<span class="publisher-small">{} uploaded, {} copied ({}){}</span>',
+                f"{published.get('uploaded', 0):,}",
+                f"{published.get('copied', 0):,}",
+                filesizeformat(published.get("bytes_uploaded") or 0),
+                kept,
+            )
+        return format_html("<code>{}</code>{}", build.release, went)
 
     @admin.display(description="where the release went")
     def went_to_details(self, build):
