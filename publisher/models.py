@@ -34,8 +34,11 @@ RESERVED_SLUGS = frozenset(
         "static",
     }
 )
-# The fields whose change alters what the site shows.
+# The draft's fields (what editors edit and save) and, for each, the field of the live version publish() copies it to.
 CONTENT_FIELDS = ("title", "slug", "body")
+LIVE_FIELDS = {"title": "live_title", "slug": "live_slug", "body": "live_body"}
+# What only publish() and unpublish() write; a draft save leaves these as the database has them.
+LIVE_STATE_FIELDS = ("is_published", "published_at", *LIVE_FIELDS.values())
 
 slug_format = RegexValidator(
     re.compile(SLUG_PATTERN),
@@ -78,6 +81,35 @@ class LimitedTextField(models.TextField):
         return field
 
 
+class LiveState(models.TextChoices):
+    """How a page's draft stands against what is live: the page list's column and filter, the form's heading."""
+
+    LIVE = "live", "live"
+    CHANGED = "changed", "live, with unpublished changes"
+    DRAFT = "draft", "draft"
+
+
+class PageQuerySet(models.QuerySet):
+    def with_live_state(self):
+        """Annotate ``stored_live_state`` (a ``LiveState`` value) computed in SQL, so bodies need not be loaded."""
+        return self.annotate(stored_live_state=_live_state_sql())
+
+    def in_live_state(self, state):
+        return self.alias(live_state_for_filter=_live_state_sql()).filter(live_state_for_filter=LiveState(state))
+
+
+def _live_state_sql():
+    return models.Case(
+        models.When(is_published=False, then=models.Value(LiveState.DRAFT.value)),
+        models.When(
+            models.Q(title=models.F("live_title"), slug=models.F("live_slug"), body=models.F("live_body")),
+            then=models.Value(LiveState.LIVE.value),
+        ),
+        default=models.Value(LiveState.CHANGED.value),
+        output_field=models.CharField(),
+    )
+
+
 class Page(models.Model):
     title = models.CharField(max_length=200)
     slug = models.CharField(
@@ -101,6 +133,8 @@ class Page(models.Model):
     live_body = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PageQuerySet.as_manager()
 
     class Meta:
         ordering = ["slug"]
@@ -130,83 +164,134 @@ class Page(models.Model):
     def __str__(self):
         return self.title
 
-    # --- Saving, publishing and deleting: the only places the page signals are sent --------------------------
+    # --- The draft, the live version, and the only places the page signals are sent (DESIGN §2) -----------------
+    #
+    # One user action sends exactly one signal, inside the transaction that changes the page, so the build request
+    # its receiver records commits with the content or not at all:
+    #   publish()   → page_published (nothing was live) or page_changed (a live page's changes were published)
+    #   unpublish() → page_unpublished;   delete() of a live page → page_deleted;   save() → nothing.
 
-    def save(self, *args, by=None, **kwargs):
-        """Save, and send the one page signal that this change means for the live site (if any).
+    def save(self, *args, **kwargs):
+        """Save the draft. Never changes what is live and sends no signal: a draft save requests no build.
 
-        The signal is sent inside the same transaction as the row change, so what its receivers write commits
-        with the content or not at all. Title, slug and body are validated first (``ValidationError``).
+        A stored page's live version is left as the database has it, whatever this instance holds (only
+        ``publish()`` and ``unpublish()`` write it); a new page is inserted as it is. Title, slug and body are
+        validated first (``ValidationError``), without a query.
         """
         written = kwargs.get("update_fields")
-        self.validate_content(fields=CONTENT_FIELDS if written is None else [f for f in CONTENT_FIELDS if f in written])
-        with transaction.atomic():
-            before = None
-            if self.pk is not None and not self._state.adding:
-                before = (
-                    type(self)
-                    .objects.select_for_update()
-                    .filter(pk=self.pk)
-                    .values("is_published", *CONTENT_FIELDS)
-                    .first()
-                )
-            changed = before is None or any(before[name] != getattr(self, name) for name in CONTENT_FIELDS)
-            if self.is_published and (self.published_at is None or changed or not before["is_published"]):
-                self.published_at = timezone.now()
-            # Until drafts: what is saved on a published page is live.
-            if self.is_published:
-                self.live_slug, self.live_title, self.live_body = self.slug, self.title, self.body
-            else:
-                self.live_slug, self.live_title, self.live_body = None, "", ""
-            super().save(*args, **kwargs)
-            signal = self._signal_for(before)
-            if signal is not None:
-                signal.send(sender=type(self), page=self, by=by)
-
-    def _signal_for(self, before):
-        was_live = bool(before and before["is_published"])
-        if self.is_published and not was_live:
-            return signals.page_published
-        if was_live and not self.is_published:
-            return signals.page_unpublished
-        if was_live and any(before[name] != getattr(self, name) for name in CONTENT_FIELDS):
-            return signals.page_changed
-        return None
+        if written is not None and set(written) & set(LIVE_STATE_FIELDS):
+            raise ValueError("The live version is written by publish() and unpublish(), not by save().")
+        deferred = self.get_deferred_fields()
+        fields = CONTENT_FIELDS if written is None else [f for f in CONTENT_FIELDS if f in written]
+        self.validate_content(fields=[f for f in fields if f not in deferred])
+        if written is None and self.pk is not None and not self._state.adding:
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in LIVE_STATE_FIELDS and f.attname not in deferred
+            ]
+        super().save(*args, **kwargs)
 
     def validate_content(self, *, fields=CONTENT_FIELDS):
         """Raise ``ValidationError`` (the form's messages) unless ``fields`` keep their rules. No queries."""
         self.clean_fields(exclude={f.name for f in self._meta.fields if f.name not in fields})
 
-    def has_unsaved_changes(self):
-        if self.pk is None:
-            return True
-        stored = type(self).objects.filter(pk=self.pk).values(*CONTENT_FIELDS).first()
-        return stored is None or any(stored[name] != getattr(self, name) for name in CONTENT_FIELDS)
+    def validate_can_go_live(self):
+        """Raise ``ValidationError`` on ``slug`` when another page is live at this draft's address. One query."""
+        other = type(self).objects.filter(live_slug=self.slug).exclude(pk=self.pk).values_list("title", flat=True)
+        title = other.first()
+        if title is not None:
+            raise ValidationError(
+                {
+                    "slug": ValidationError(
+                        "“%(title)s” is live at /%(slug)s/. Publish its new slug or unpublish it first, or choose "
+                        "another slug.",
+                        code="slug_live_elsewhere",
+                        params={"title": title, "slug": self.slug},
+                    )
+                }
+            )
 
     def publish(self, *, by=None):
-        """Make the page (with any unsaved edits) live. Returns False when there was nothing to do."""
-        self.validate_content()  # before the page is marked live: a refused publish leaves it a draft
-        if self.is_published and not self.has_unsaved_changes():
-            return False
-        self.is_published = True
-        self.save(by=by)
+        """Make the draft (with any unsaved edits) live and request a build. Returns False when the draft is what
+        is live already: then nothing goes live and nothing is sent (unsaved edits are still saved, as a draft).
+
+        Validated first (``ValidationError``): a refused publish changes nothing. ``published_at`` is the
+        database's clock, the one builds record their start with, so "is this publish live?" compares like times.
+        """
+        from .builds import now  # publisher.builds imports this module
+
+        self.validate_content()
+        with transaction.atomic():
+            stored = self._locked_row()
+            was_live = bool(stored and stored["is_published"])
+            if was_live and self._draft() == tuple(stored[LIVE_FIELDS[f]] for f in CONTENT_FIELDS):
+                if self._draft() != tuple(stored[f] for f in CONTENT_FIELDS):
+                    self.save()
+                self._take_live_state(stored)
+                return False
+            self.validate_can_go_live()
+            self.live_title, self.live_slug, self.live_body = self._draft()
+            self.is_published, self.published_at = True, now()
+            super().save()  # the draft and its live copy together (this class's save() leaves live fields alone)
+            signal = signals.page_changed if was_live else signals.page_published
+            signal.send(sender=type(self), page=self, by=by)
         return True
 
     def unpublish(self, *, by=None):
-        """Take the page off the site. Returns False when it was not published."""
-        if not self.is_published:
-            return False
-        self.is_published = False
-        self.published_at = None
-        self.save(by=by)
+        """Take the live version off the site and request a build; the draft stays. Returns False when nothing was
+        live. ``published_at`` becomes the time of the take-down: the live version last changed then."""
+        from .builds import now
+
+        with transaction.atomic():
+            stored = self._locked_row()
+            if not (stored and stored["is_published"]):
+                if stored:
+                    self._take_live_state(stored)
+                return False
+            self.is_published, self.published_at = False, now()
+            self.live_title, self.live_slug, self.live_body = "", None, ""
+            super().save(update_fields=[*LIVE_STATE_FIELDS, "updated_at"])
+            signals.page_unpublished.send(sender=type(self), page=self, by=by)
         return True
 
     def delete(self, *args, by=None, **kwargs):
+        """Delete the page; a live page also leaves the site (``page_deleted``, one build request)."""
         with transaction.atomic():
             # Sent before the row goes, so receivers still see the page's id; the transaction binds both.
             if type(self).objects.filter(pk=self.pk, is_published=True).exists():
                 signals.page_deleted.send(sender=type(self), page=self, by=by)
             return super().delete(*args, **kwargs)
+
+    def _draft(self):
+        return tuple(getattr(self, f) for f in CONTENT_FIELDS)
+
+    def _locked_row(self):
+        """The stored draft and live version, locked until the transaction ends; None for a page not saved yet."""
+        if self.pk is None or self._state.adding:
+            return None
+        row = (
+            type(self)
+            .objects.select_for_update()
+            .filter(pk=self.pk)
+            .values(*CONTENT_FIELDS, *LIVE_STATE_FIELDS)
+            .first()
+        )
+        if row is None:
+            raise type(self).DoesNotExist(f"Page #{self.pk} was deleted.")
+        return row
+
+    def _take_live_state(self, stored):
+        for name in LIVE_STATE_FIELDS:
+            setattr(self, name, stored[name])
+
+    @property
+    def live_state(self):
+        """``LiveState`` of this instance as it stands (the admin's lists use ``with_live_state()`` instead)."""
+        if not self.is_published:
+            return LiveState.DRAFT
+        live = tuple(getattr(self, LIVE_FIELDS[f]) for f in CONTENT_FIELDS)
+        return LiveState.LIVE if live == self._draft() else LiveState.CHANGED
 
     @classmethod
     def published_copy(cls, *, slug, title, body="", published_at=None, **fields):
@@ -223,13 +308,9 @@ class Page(models.Model):
             **fields,
         )
 
-    @property
-    def status(self):
-        return "published" if self.is_published else "draft"
-
     def site_url(self, base_url):
-        """The page's address on the built site under ``base_url`` (``SITE_URL``)."""
-        return f"{base_url.rstrip('/')}/{self.slug}/"
+        """The page's address on the built site under ``base_url`` (``SITE_URL``): where its live version is."""
+        return f"{base_url.rstrip('/')}/{self.live_slug or self.slug}/"
 
 
 class BuildState(models.TextChoices):

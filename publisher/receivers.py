@@ -12,7 +12,7 @@ from .signals import page_changed, page_deleted, page_published, page_unpublishe
 REASONS = {
     page_published: "published “{title}”",
     page_unpublished: "unpublished “{title}”",
-    page_changed: "changed “{title}”",
+    page_changed: "published changes to “{title}”",
     page_deleted: "deleted “{title}”",
 }
 
