@@ -1,14 +1,19 @@
 """The build state machine (DESIGN §3): the one module that writes ``Build.state``.
 
-Every transition is a conditional ``UPDATE`` on the build's id, its expected state and, where it matters, its launch
-token; the row count says who won. The partial unique constraints on ``Build`` make two active or two queued builds
-impossible to store, so a lost race surfaces as zero rows or an ``IntegrityError``, never as a second build.
+Every state change is one entry of ``TRANSITIONS`` below (from, to, who takes it, what is retried), taken by
+``_move``: a conditional ``UPDATE`` on the build's id, the transition's source states and, where it matters, its
+launch token; the row count says who won. New rows are inserted by ``_insert`` with a transition from nowhere. The
+partial unique constraints on ``Build`` make two active or two queued builds impossible to store, so a lost race
+surfaces as zero rows or an ``IntegrityError``, never as a second build.
 
-Functions here return an ``Outcome`` that the admin, the commands and the logs all describe in words.
+Functions here return an ``Outcome`` that the admin, the commands and the logs all describe in words. Whoever wins
+a transition to a final state sends ``build_finished`` (once per build); reports to a person are mailed to
+``ADMINS`` and sent as ``build_alert`` (``publisher.signals``).
 """
 
 import contextvars
 import datetime
+import enum
 import logging
 import secrets
 from contextlib import contextmanager
@@ -17,18 +22,149 @@ from datetime import timedelta
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import mail_admins
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Value
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import Case, F, Value, When
 from django.db.models.functions import Concat, Substr
 from django.utils import timezone
 
+from . import deferred
 from .conf import get_config
 from .launchers import MANUAL, LaunchError, get_launcher
-from .models import ACTIVE_STATES, Build, BuildRequest, BuildState
+from .models import ACTIVE_STATES, OPEN_STATES, Build, BuildRequest, BuildState
+from .signals import AlertKind, build_alert, build_finished, send_robustly
 
 logger = logging.getLogger(__name__)
 
 S = BuildState
+
+#: States a build never leaves.
+FINAL_STATES = (S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST)
+
+
+# --- The transitions -----------------------------------------------------------------------------------------------
+
+
+class Actor(enum.Enum):
+    """Who takes a transition."""
+
+    DISPATCH = "a request's dispatch (a web process after its commit, requestbuild)"
+    BUILD = "the build process"
+    SWEEP = "the sweep"
+    OPERATOR = "an operator (the admin; the second step of a cancel runs in a background thread)"
+    SHELL = "a person at a shell (buildstaticsite without --build)"
+
+
+#: Whoever ends or cancels the active build, or dispatches a request, promotes and launches the queued build.
+PROMOTERS = (Actor.DISPATCH, Actor.BUILD, Actor.SWEEP, Actor.OPERATOR)
+
+
+class Retry(enum.Enum):
+    """What becomes of a build's requests after a transition."""
+
+    NOT_NEEDED = "nothing to retry"
+    NO = "not retried automatically; a failure is reported (a cancel is not)"
+    SAME_ROW = "the same build is queued again: attempt + 1, a new token at its next launch, a backoff"
+    NEW_REQUEST = "a request 'retry of #N', unless BUILD_MAX_ATTEMPTS failed or lost builds followed the last success"
+    HANDED_OVER = "its requests move to the build queued meanwhile"
+
+
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    #: The states it leaves; empty for a new row.
+    sources: tuple
+    target: BuildState
+    who: tuple
+    retry: Retry
+
+    @property
+    def final(self):
+        return self.target in FINAL_STATES
+
+    def __str__(self):
+        sources = "|".join(self.sources) or "(new)"
+        return f"{self.name}: {sources} → {self.target}"
+
+
+# fmt: off
+QUEUE = Transition("queue", (), S.QUEUED, (Actor.DISPATCH, Actor.BUILD, Actor.SWEEP), Retry.NOT_NEEDED)
+LAUNCH = Transition("launch", (S.QUEUED,), S.LAUNCHING, PROMOTERS, Retry.NOT_NEEDED)
+LAUNCHED = Transition("launched", (S.LAUNCHING,), S.LAUNCHED, PROMOTERS, Retry.NOT_NEEDED)
+LAUNCH_FAILED = Transition("launch failed", (S.LAUNCHING,), S.QUEUED, PROMOTERS, Retry.SAME_ROW)
+STUCK_LAUNCHING = Transition("stuck launching", (S.LAUNCHING,), S.QUEUED, (Actor.SWEEP,), Retry.SAME_ROW)
+NOT_STARTED = Transition("never started", (S.LAUNCHED,), S.QUEUED, (Actor.SWEEP,), Retry.SAME_ROW)
+HAND_OVER = Transition(
+    "handed over", (S.LAUNCHING, S.LAUNCHED), S.FAILED, PROMOTERS, Retry.HANDED_OVER
+)  # a re-queue that found another build queued
+CLAIM = Transition("claim", (S.LAUNCHING, S.LAUNCHED), S.RUNNING, (Actor.BUILD,), Retry.NOT_NEEDED)
+BY_HAND = Transition("build by hand", (), S.RUNNING, (Actor.SHELL,), Retry.NOT_NEEDED)
+SUCCEED = Transition("succeed", (S.RUNNING,), S.SUCCEEDED, (Actor.BUILD, Actor.SHELL), Retry.NOT_NEEDED)
+FAIL = Transition("build error", (S.RUNNING,), S.FAILED, (Actor.BUILD, Actor.SHELL), Retry.NO)
+INTERRUPT = Transition("interrupted", (S.RUNNING,), S.FAILED, (Actor.BUILD,), Retry.NEW_REQUEST)
+TIME_OUT = Transition("timed out", (S.RUNNING,), S.FAILED, (Actor.BUILD, Actor.SWEEP), Retry.NO)
+STOP_AT_SHELL = Transition("stopped at the shell", (S.RUNNING,), S.CANCELLED, (Actor.SHELL,), Retry.NO)
+LOSE = Transition("lost", (S.RUNNING,), S.LOST, (Actor.SWEEP,), Retry.NEW_REQUEST)
+CANCEL = Transition("cancel", OPEN_STATES, S.CANCELLED, (Actor.OPERATOR,), Retry.NO)
+# fmt: on
+
+#: Every state change a build can make (DESIGN §3). ``_move`` and ``_insert`` take only these.
+TRANSITIONS = (
+    QUEUE,
+    LAUNCH,
+    LAUNCHED,
+    LAUNCH_FAILED,
+    STUCK_LAUNCHING,
+    NOT_STARTED,
+    HAND_OVER,
+    CLAIM,
+    BY_HAND,
+    SUCCEED,
+    FAIL,
+    INTERRUPT,
+    TIME_OUT,
+    STOP_AT_SHELL,
+    LOSE,
+    CANCEL,
+)
+
+
+def _move(transition, build_id, *, token=None, only_from=None, **fields):
+    """Take ``transition`` on one build: ``UPDATE ... SET state = <target>`` where the id matches, the state is one
+    of the transition's sources (or of ``only_from``, some of them) and, when given, the launch token is ``token``.
+    Returns the row count: 1 when this call won. The only ``UPDATE`` of ``state`` in the code base."""
+    if transition not in TRANSITIONS:
+        raise ValueError(f"{transition} is not in the transition table")
+    sources = transition.sources if only_from is None else tuple(only_from)
+    if not sources or not set(sources) <= set(transition.sources):
+        raise ValueError(f"{transition} does not leave {'|'.join(sources) or 'nothing'}")
+    rows = Build.objects.filter(pk=build_id, state__in=sources)
+    if token is not None:
+        rows = rows.filter(launch_token=token)
+    return rows.update(state=transition.target, **fields)
+
+
+def _insert(transition, **fields):
+    """A new build in ``transition``'s target state (a transition from nowhere)."""
+    if transition not in TRANSITIONS or transition.sources:
+        raise ValueError(f"{transition} does not create a build")
+    return Build.objects.create(state=transition.target, **fields)
+
+
+#: A launch that worked clears the structured last launch failure (the prose ``error`` stays, for the history).
+_NO_LAUNCH_ERROR = {"error_status": None, "error_id": "", "error_request_id": "", "needs_operator": False}
+
+
+def _launch_error_fields(exc):
+    """The structured fields of a ``LaunchError`` (DESIGN §4, §8), or the cleared ones for a failure with none."""
+    if exc is None:
+        return dict(_NO_LAUNCH_ERROR)
+    status = exc.status if isinstance(exc.status, int) and 0 <= exc.status <= 32767 else None
+    return {
+        "error_status": status,
+        "error_id": str(exc.error_id or "")[:100],
+        "error_request_id": str(exc.request_id or "")[:100],
+        "needs_operator": bool(exc.needs_operator),
+    }
 
 
 #: One read of the database's clock, per vendor. SQLite runs in this process, so its clock is this machine's; a
@@ -81,6 +217,16 @@ class Outcome:
 
 def _at(moment):
     return f"{moment:%H:%M} UTC"
+
+
+def _announce(build_id, outcome):
+    """``build_finished`` for a build that has just reached a final state, sent by the process whose transition won.
+    The build is read only when someone listens."""
+    if not build_finished.has_listeners(Build):
+        return
+    build = Build.objects.filter(pk=build_id).first()
+    if build is not None:
+        send_robustly(build_finished, Build, build=build, outcome=outcome)
 
 
 # --- Requests ----------------------------------------------------------------------------------------------------
@@ -226,7 +372,7 @@ def _attach_target(at):
     if queued is None:
         try:
             with transaction.atomic():
-                queued = Build.objects.create(state=S.QUEUED, created_at=at, next_attempt_at=at).pk
+                queued = _insert(QUEUE, created_at=at, next_attempt_at=at).pk
         except IntegrityError:
             return None, None
         logger.info("Build #%s queued", queued)
@@ -277,8 +423,8 @@ def launch(build_id, *, at=None):
     launcher = get_launcher()
     try:
         with transaction.atomic():
-            won = Build.objects.filter(pk=build_id, state=S.QUEUED).update(
-                state=S.LAUNCHING, launch_token=token, launched_at=at or now(), launcher=launcher.name, handle=None
+            won = _move(
+                LAUNCH, build_id, launch_token=token, launched_at=at or now(), launcher=launcher.name, handle=None
             )
     except IntegrityError:  # another build became active first
         active = Build.objects.filter(state__in=ACTIVE_STATES).values_list("pk", flat=True).first()
@@ -293,9 +439,8 @@ def launch(build_id, *, at=None):
     except LaunchError as exc:
         return _launch_failed(build_id, token, exc)
     where = launcher.describe(handle)
-    recorded = Build.objects.filter(pk=build_id, state=S.LAUNCHING, launch_token=token).update(
-        state=S.LAUNCHED, handle=handle
-    )
+    # A launch that worked clears the last launch failure (the banner's "the key was rejected" goes with it).
+    recorded = _move(LAUNCHED, build_id, token=token, handle=handle, **_NO_LAUNCH_ERROR)
     if not recorded:
         # A fast child may already have claimed it: keep the handle for the sweep, conditional on the token.
         Build.objects.filter(pk=build_id, launch_token=token, handle__isnull=True).update(handle=handle)
@@ -312,9 +457,9 @@ def _launch_failed(build_id, token, exc):
     build = Build.objects.filter(pk=build_id).values("attempt").first() or {"attempt": 1}
     delay = backoff(build["attempt"])
     error = f"Launch failed: {exc}"
-    requeued = requeue(build_id, token=token, error=error, expected=(S.LAUNCHING,), delay=delay, hint=exc.hint)
+    requeued = requeue(build_id, LAUNCH_FAILED, token=token, error=error, delay=delay, hint=exc.hint, failure=exc)
     if exc.needs_operator:
-        alert_operator(build_id, error)
+        alert_operator(build_id, error, kind=AlertKind.NEEDS_OPERATOR)
     logger.warning("Build #%s: %s Retrying in %ss.", build_id, error, delay)
     if requeued:
         retry = Build.objects.filter(pk=build_id).values_list("next_attempt_at", flat=True).first()
@@ -337,11 +482,14 @@ def _moved_on(build_id, detail):
     return Outcome("ended_elsewhere", f"Build #{build_id} is {state}.", build_id, ok=False, detail=detail)
 
 
-def requeue(build_id, *, token, error, expected, delay=None, hint=""):
-    """A failure before the claim: the same row goes back to ``queued`` with ``attempt + 1`` and a backoff.
+def requeue(build_id, transition, *, token, error, delay=None, hint="", failure=None):
+    """A failure before the claim (``LAUNCH_FAILED``, ``STUCK_LAUNCHING``, ``NOT_STARTED``): the same row goes back
+    to ``queued`` with ``attempt + 1`` and a backoff, and the failure structured from ``failure`` (a
+    ``LaunchError``; other failures need no operator and have no status).
 
-    Its requests stay attached. If another build got queued meanwhile, this one is ended and its requests move.
-    A build that has failed to start ``BUILD_MAX_ATTEMPTS`` times is reported once (it keeps being retried).
+    Its requests stay attached. If another build got queued meanwhile, this one is ended (``HAND_OVER``) and its
+    requests move. A build that has failed to start ``BUILD_MAX_ATTEMPTS`` times is reported once (it keeps being
+    retried). True when this call moved the build.
     """
     build = Build.objects.filter(pk=build_id).values("attempt").first()
     if build is None:
@@ -349,35 +497,49 @@ def requeue(build_id, *, token, error, expected, delay=None, hint=""):
     config = get_config()
     delay = backoff(build["attempt"], config) if delay is None else delay
     at = now()
+    structured = _launch_error_fields(failure)
     fields = {
-        "state": S.QUEUED,
         "attempt": F("attempt") + 1,
         "error": error[:2000],
         "next_attempt_at": at + timedelta(seconds=delay),
         "launch_token": "",
+        **structured,
     }
     try:
         with transaction.atomic():
-            requeued = bool(Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(**fields))
+            requeued = bool(_move(transition, build_id, token=token, **fields))
     except IntegrityError:
         requeued = None
     if requeued is not None:
+        if requeued:
+            logger.info("Build #%s queued again (%s): %s", build_id, transition.name, error)
         if requeued and build["attempt"] >= config.BUILD_MAX_ATTEMPTS:
             alert_operator(
                 build_id,
                 f"Build #{build_id} has failed to start {build['attempt']} times; it keeps being retried, at most "
                 f"every {config.BUILD_RETRY_MAX}s.\nLast error: {error}\n\n{hint or 'Look at the error above.'}",
                 subject=f"Build #{build_id} keeps failing to start",
+                kind=AlertKind.KEEPS_FAILING_TO_START,
             )
         return requeued
     # A queued build appeared meanwhile (a request that raced this build's promotion): hand the requests over.
+    error = f"{error} (its requests moved to the queued build)"
     with transaction.atomic():
-        ended = Build.objects.filter(pk=build_id, state__in=expected, launch_token=token).update(
-            state=S.FAILED, finished_at=at, error=f"{error} (its requests moved to the queued build)"[:2000]
+        ended = _move(
+            HAND_OVER,
+            build_id,
+            token=token,
+            only_from=transition.sources,
+            finished_at=at,
+            error=error[:2000],
+            **structured,
         )
         if ended:
             queued = Build.objects.filter(state=S.QUEUED).values_list("pk", flat=True).first()
             BuildRequest.objects.filter(build_id=build_id).update(build_id=queued)
+    if ended:
+        logger.warning("Build #%s failed: %s", build_id, error)
+        _announce(build_id, Outcome("failed", f"Build #{build_id} failed: {error}", build_id, ok=False))
     return bool(ended)
 
 
@@ -399,8 +561,8 @@ def claim(build_id, token):
     Returns a ``Claim``, or an Outcome saying why not (already claimed, cancelled, re-launched, unknown id).
     """
     at = now()
-    won = Build.objects.filter(pk=build_id, launch_token=token, state__in=(S.LAUNCHING, S.LAUNCHED)).update(
-        state=S.RUNNING, started_at=at, heartbeat_at=at, progress_at=at, pages_done=0
+    won = _move(
+        CLAIM, build_id, token=token, started_at=at, heartbeat_at=at, progress_at=at, pages_done=0, **_NO_LAUNCH_ERROR
     )
     build = (
         Build.objects.filter(pk=build_id)
@@ -442,8 +604,8 @@ def start_manual(*, process, reason="manual build"):
     at = now()
     try:
         with transaction.atomic():
-            build = Build.objects.create(
-                state=S.RUNNING,
+            build = _insert(
+                BY_HAND,
                 manual=True,
                 launcher="manual",
                 handle=process,
@@ -491,10 +653,23 @@ def _fenced(claim):
     return Build.objects.filter(pk=claim.build_id, launch_token=claim.token, state=S.RUNNING)
 
 
+#: What ``finish(state=...)`` means for each final state it may write.
+_FINISHES = {S.SUCCEEDED: SUCCEED, S.FAILED: FAIL, S.CANCELLED: STOP_AT_SHELL}
+
+
 def finish(claim, *, state, error="", release="", pages=None, published=None):
-    """End a claimed build (``succeeded``, ``failed``, ``cancelled``), fenced on token and ``running``.
-    ``published`` says where the release went (destination, files uploaded and copied, bytes)."""
-    fields = {"state": state, "finished_at": now()}
+    """End a claimed build (``succeeded``; ``failed`` by a build error; ``cancelled`` at the shell), fenced on token
+    and ``running``, and send ``build_finished``. ``published`` says where the release went (destination, files
+    uploaded and copied, bytes). True when this call ended the build."""
+    ended = _finish(claim, _FINISHES[state], error=error, release=release, pages=pages, published=published)
+    if ended:
+        words = f": {error}" if error else (f": release {release}" if release else "")
+        _announce(claim.build_id, Outcome(str(state), f"Build #{claim.build_id} {state}{words}", claim.build_id))
+    return ended
+
+
+def _finish(claim, transition, *, error="", release="", pages=None, published=None):
+    fields = {"finished_at": now()}
     if published is not None:
         fields["published"] = published
     if error:  # a success keeps the error of an earlier attempt, for the history
@@ -503,9 +678,9 @@ def finish(claim, *, state, error="", release="", pages=None, published=None):
         fields["release"] = release
     if pages is not None:
         fields["pages_done"] = pages
-    ended = bool(_fenced(claim).update(**fields))
+    ended = bool(_move(transition, claim.build_id, token=claim.token, **fields))
     if ended:
-        logger.info("Build #%s %s%s", claim.build_id, state, f": {error}" if error else "")
+        logger.info("Build #%s %s%s", claim.build_id, transition.target, f": {error}" if error else "")
     return ended
 
 
@@ -515,20 +690,33 @@ def interrupted(claim, *, timeout_seconds):
     Past ``BUILD_TIMEOUT`` from launch it ends ``failed`` as a timeout (no retry); otherwise ``failed``
     ("interrupted") with a retry request, leaving the launch to the sweep or the next request.
     """
+    build_id = claim.build_id
     if claim.manual:
-        finish(claim, state=S.CANCELLED, error="Stopped at the shell")
-        return Outcome("cancelled", f"Build #{claim.build_id} was stopped at the shell", claim.build_id, ok=False)
+        outcome = Outcome("cancelled", f"Build #{build_id} was stopped at the shell", build_id, ok=False)
+        if _finish(claim, STOP_AT_SHELL, error="Stopped at the shell"):
+            _announce(build_id, outcome)
+        return outcome
     launched = claim.launched_at
     if launched and (now() - launched).total_seconds() >= timeout_seconds:
         error = timeout_error(timeout_seconds)
-        if finish(claim, state=S.FAILED, error=error):
-            report_failure(claim.build_id, f"Build #{claim.build_id} was stopped: {error}. It is not retried.")
-        return Outcome("timeout", f"Build #{claim.build_id} timed out", claim.build_id, ok=False)
-    if not finish(claim, state=S.FAILED, error="Interrupted by the platform (SIGTERM)"):
-        state = Build.objects.filter(pk=claim.build_id).values_list("state", flat=True).first()
-        return Outcome("ended_elsewhere", f"Build #{claim.build_id} was already {state}", claim.build_id, ok=False)
-    retry_after_failure(claim.build_id)
-    return Outcome("interrupted", f"Build #{claim.build_id} was interrupted", claim.build_id, ok=False)
+        outcome = Outcome("timeout", f"Build #{build_id} timed out", build_id, ok=False, detail=error)
+        if _finish(claim, TIME_OUT, error=error):
+            report_failure(build_id, f"Build #{build_id} was stopped: {error}. It is not retried.")
+            _announce(build_id, outcome)
+        return outcome
+    if not _finish(claim, INTERRUPT, error="Interrupted by the platform (SIGTERM)"):
+        state = Build.objects.filter(pk=build_id).values_list("state", flat=True).first()
+        return Outcome("ended_elsewhere", f"Build #{build_id} was already {state}", build_id, ok=False)
+    retried = retry_after_failure(build_id)
+    outcome = Outcome(
+        "interrupted",
+        f"Build #{build_id} was interrupted",
+        build_id,
+        ok=False,
+        detail="a retry is requested" if retried else "automatic retries stopped: reported",
+    )
+    _announce(build_id, outcome)
+    return outcome
 
 
 def timeout_error(seconds):
@@ -568,11 +756,11 @@ def consecutive_failures():
 # --- Reports -------------------------------------------------------------------------------------------------------
 
 
-def alert_operator(build_id, message, *, subject=None):
+def alert_operator(build_id, message, *, subject=None, kind=AlertKind.NEEDS_OPERATOR):
     """An error a person must fix (a bad key, a missing app, a build that keeps failing to start): reported once
     per build."""
     if Build.objects.filter(pk=build_id, alerted_at__isnull=True).update(alerted_at=now()):
-        _report(subject or f"Build #{build_id} needs attention", message)
+        notify(kind, build_id, subject or f"Build #{build_id} needs attention", message)
 
 
 def report_failure(build_id, message):
@@ -581,65 +769,147 @@ def report_failure(build_id, message):
         return
     uncovered = BuildRequest.objects.filter(build_id=build_id).order_by("pk")
     reasons = "\n".join(f"- #{r.pk} {r.created_at:%Y-%m-%d %H:%M} {r.reason}" for r in uncovered[:50])
-    _report(f"Build #{build_id} failed", f"{message}\n\nRequests it leaves uncovered:\n{reasons or '- none'}")
+    notify(
+        AlertKind.FAILED_UNCOVERED,
+        build_id,
+        f"Build #{build_id} failed",
+        f"{message}\n\nRequests it leaves uncovered:\n{reasons or '- none'}",
+    )
 
 
-def _report(subject, message):
+def notify(kind, build_id, subject, message):
+    """Tell a person: the error log, a mail to ``ADMINS``, and ``build_alert`` for integrations. The caller has
+    already decided, by a conditional update, that this process sends it."""
     logger.error("%s: %s", subject, message)
     try:
         mail_admins(subject, message, fail_silently=False)
     except OSError:
         logger.exception("Could not mail the report %r to ADMINS", subject)
+    send_robustly(build_alert, Build, build_id=build_id, kind=AlertKind(kind), subject=subject, message=message)
+
+
+# --- Ending a build from outside: cancel, lost, timeout ---------------------------------------------------------
 
 
 def cancel(build_id, *, by=None):
-    """An operator cancels a build: ``cancelled`` is written first, then the process is stopped.
+    """An operator cancels a build, and this returns at once (the admin's request waits for nothing slow).
 
-    A queued build is cancelled outright; its requests stay with it (recorded as cancelled). Returns an Outcome.
+    ``cancelled`` is written first, with ``cancelled_by`` and, when the build was active, ``stop_requested_at``.
+    Stopping its process and launching the queued build happen after the caller's transaction commits, in a
+    background thread (``after_cancel``); the sweep finishes a stop that never happened. A queued build is
+    cancelled outright; its requests stay with it (recorded as cancelled). Returns an Outcome.
     """
-    build = Build.objects.filter(pk=build_id).values("state", "handle", "manual", "launcher").first()
+    who = f" by {by}" if by else ""
+    at = now()
+    when_active = Case(When(state__in=ACTIVE_STATES, then=Value(at)), default=None, output_field=models.DateTimeField())
+    ended = _move(
+        CANCEL,
+        build_id,
+        finished_at=at,
+        error=f"Cancelled{who}",
+        cancelled_by=str(by or "")[:150],
+        stop_requested_at=when_active,  # evaluated on the row as it was: was it active?
+    )
+    build = Build.objects.filter(pk=build_id).values("state", "stop_requested_at").first()
     if build is None:
         return Outcome("unknown", f"Build #{build_id} does not exist", build_id, ok=False)
-    who = f" by {by}" if by else ""
-    ended = Build.objects.filter(pk=build_id, state__in=(S.QUEUED, *ACTIVE_STATES)).update(
-        state=S.CANCELLED, finished_at=now(), error=f"Cancelled{who}"
-    )
     if not ended:
         return Outcome("finished", f"Build #{build_id} had already ended ({build['state']})", build_id, ok=False)
-    logger.info("Build #%s cancelled%s", build_id, who)
-    if build["state"] in ACTIVE_STATES:
-        stop_process(build)
+    stopping = build["stop_requested_at"] is not None
+    logger.info("Build #%s cancelled%s%s", build_id, who, "; its process is to be stopped" if stopping else "")
+    deferred.defer(after_cancel, build_id, inline=_launcher_answers_at_once())
+    if stopping:
+        return Outcome(
+            "cancelled",
+            f"Build #{build_id} cancelled; its process is being stopped.",
+            build_id,
+            detail="stopping its process and launching the queued build in the background",
+        )
+    return Outcome("cancelled", f"Build #{build_id} cancelled.", build_id)
+
+
+def _launcher_answers_at_once():
+    """Whether the configured launcher answers from memory (the recording double of the tests): then the second
+    step of a cancel runs in the caller, so a test sees it done when ``cancel`` returns."""
+    try:
+        return bool(getattr(get_launcher(), "answers_at_once", False))
+    except ImproperlyConfigured:
+        return False
+
+
+def after_cancel(build_id):
+    """The second step of a cancel, outside the operator's request: stop the process of a build that was active
+    (``stop_cancelled``), send ``build_finished`` for one that was queued, then launch the queued build if due.
+    Returns the Outcome of the launch, or ``None``."""
+    build = Build.objects.filter(pk=build_id, state=S.CANCELLED).values("stop_requested_at", "error").first()
+    if build is not None and build["stop_requested_at"] is None:
+        _announce(build_id, Outcome("cancelled", f"Build #{build_id} {build['error'].lower()}", build_id, ok=False))
+    elif build is not None:
+        stop_cancelled(build_id)
     after = launch_next()
-    return Outcome("cancelled", f"Build #{build_id} cancelled" + (f". {after}" if after else ""), build_id)
+    if after is not None:
+        logger.info("After the cancel of build #%s: %s", build_id, after.for_operators)
+    return after
+
+
+def stop_cancelled(build_id):
+    """Stop the process of a cancelled build whose stop was requested and has not happened, and record how it went:
+    ``stopped_at``, or ``stop_error`` in words. Both the canceller's thread and the sweep may try; the conditional
+    update picks the one that records it, and that one sends ``build_finished``. Returns an Outcome, or ``None``
+    when there was nothing left to do."""
+    pending = Build.objects.filter(
+        pk=build_id, state=S.CANCELLED, stop_requested_at__isnull=False, stopped_at__isnull=True, stop_error=""
+    )
+    build = pending.values("handle", "launcher", "manual", "error").first()
+    if build is None:
+        return None
+    if not build["handle"]:
+        logger.info("Build #%s: no handle was recorded; a process it started will be refused its claim", build_id)
+    why_not = stop_process(build)
+    if why_not is None:
+        recorded = pending.update(stopped_at=now())
+    else:
+        recorded = pending.update(stop_error=why_not[:2000])
+    said = f"Build #{build_id} {build['error'].lower()}"
+    outcome = Outcome("cancelled", said, build_id, ok=False, detail=why_not or "its process was stopped")
+    if not recorded:
+        return None
+    _announce(build_id, outcome)
+    return outcome
 
 
 def mark_lost(build_id, *, token, reason):
     """``running`` → ``lost``: the launcher says the process is gone (never on "unknown"). Retried like an
     interruption."""
-    ended = Build.objects.filter(pk=build_id, state=S.RUNNING, launch_token=token).update(
-        state=S.LOST, finished_at=now(), error=reason[:2000]
-    )
+    ended = _move(LOSE, build_id, token=token, finished_at=now(), error=reason[:2000])
     if not ended:
         return None
     logger.warning("Build #%s lost: %s", build_id, reason)
-    retry_after_failure(build_id)
-    return Outcome("lost", f"Build #{build_id} lost ({reason}); a retry is requested", build_id, ok=False)
+    retried = retry_after_failure(build_id)
+    said = "a retry is requested" if retried else "automatic retries stopped: reported"
+    outcome = Outcome("lost", f"Build #{build_id} lost ({reason}); {said}", build_id, ok=False)
+    _announce(build_id, outcome)
+    return outcome
 
 
 def time_out(build_id, *, token, timeout_seconds):
-    """A build running longer than ``BUILD_TIMEOUT`` from launch: ``failed`` first, then its process is stopped.
-    Not retried; reported."""
+    """A build running longer than ``BUILD_TIMEOUT`` from launch: ``failed`` first, then its process is stopped
+    (``stopped_at``, or ``stop_error``). Not retried; reported."""
     error = timeout_error(timeout_seconds)
     build = Build.objects.filter(pk=build_id).values("handle", "manual", "launcher").first()
-    ended = Build.objects.filter(pk=build_id, state=S.RUNNING, launch_token=token).update(
-        state=S.FAILED, finished_at=now(), error=error
-    )
+    ended = _move(TIME_OUT, build_id, token=token, finished_at=now(), error=error)
     if not ended:
         return None
     logger.warning("Build #%s %s", build_id, error)
-    stop_process(build)
+    why_not = stop_process(build)
+    if why_not is None:
+        Build.objects.filter(pk=build_id).update(stopped_at=now())
+    else:
+        Build.objects.filter(pk=build_id).update(stop_error=why_not[:2000])
     report_failure(build_id, f"Build #{build_id} was stopped: {error}. It is not retried automatically.")
-    return Outcome("timeout", f"Build #{build_id} timed out and was stopped", build_id, ok=False)
+    outcome = Outcome("timeout", f"Build #{build_id} timed out and was stopped", build_id, ok=False)
+    _announce(build_id, outcome)
+    return outcome
 
 
 def stop_process(build):

@@ -3,6 +3,9 @@
 Runs every minute as a django-q2 schedule in the worker (``qcluster``), or as ``manage.py sweepbuilds`` from Heroku
 Scheduler. Two passes at once are harmless: every action is a conditional transition and every report is claimed
 by a conditional update. An idle pass costs four queries, all backed by indexes.
+
+It also finishes cancels whose second step never ran (the web process that cancelled died before it stopped the
+build's process, ``builds.stop_cancelled``).
 """
 
 import logging
@@ -11,14 +14,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.mail import mail_admins
 from django.db.models import F, Q
 
 from . import builds
 from .conf import get_config
 from .launchers import GONE, RUNNING, STARTING, UNKNOWN, LaunchError
 from .models import ACTIVE_STATES, OPEN_STATES, Build, BuildRequest, BuildState, SweepStatus
-from .signals import build_stalled
+from .signals import AlertKind, build_stalled, send_robustly
 
 logger = logging.getLogger(__name__)
 S = BuildState
@@ -34,6 +36,11 @@ _last_logged = None  # monotonic time of the last log line of this process's pas
 RECONCILE_EVERY = 300
 _reconciled = [float("-inf")]
 SCHEDULE_NAME = "publisher: sweep builds"
+#: A cancel's stop is left this long (seconds) to the canceller's own background thread before the sweep does it:
+#: longer than a launcher's slowest stop (Heroku's connect and read timeouts, a local process's grace).
+CANCEL_GRACE = 60
+#: Cancelled builds whose process was to be stopped and was not (no time, no error recorded).
+_UNFINISHED_CANCEL = Q(state=S.CANCELLED, stop_requested_at__isnull=False, stopped_at__isnull=True, stop_error="")
 
 
 @dataclass
@@ -60,7 +67,7 @@ def sweep():
     at = builds.now()
     done = Pass()
     open_builds = list(
-        Build.objects.filter(state__in=OPEN_STATES).values(
+        Build.objects.filter(Q(state__in=OPEN_STATES) | _UNFINISHED_CANCEL).values(
             "pk",
             "state",
             "launch_token",
@@ -73,11 +80,14 @@ def sweep():
             "stall_reported_at",
             "pages_done",
             "pages_total",
+            "stop_requested_at",
         )
     )
     for build in open_builds:
         if build["state"] in ACTIVE_STATES:
             done.add(_guarded(f"checking build #{build['pk']}", _check_active, build, at, config))
+        elif build["state"] == S.CANCELLED and _age(build["stop_requested_at"], at) > CANCEL_GRACE:
+            done.add(_guarded(f"stopping cancelled build #{build['pk']}", _finish_cancel, build["pk"]))
     unattached = BuildRequest.objects.filter(
         build__isnull=True, created_at__lte=at - timedelta(seconds=UNATTACHED_GRACE)
     )
@@ -96,6 +106,13 @@ def sweep():
             done.add(launched)
     _record(done, at, started, config)
     return done
+
+
+def _finish_cancel(pk):
+    outcome = builds.stop_cancelled(pk)
+    if outcome is None:
+        return None
+    return f"Build #{pk} was cancelled and its process not yet stopped: {outcome.detail}"
 
 
 def _reconcile():
@@ -138,7 +155,7 @@ def _check_active(build, at, config):
     if state == S.LAUNCHING:
         if since_launch <= config.BUILD_LAUNCH_TIMEOUT:
             return None
-        if builds.requeue(pk, token=token, error="Stuck in launching", expected=(S.LAUNCHING,)):
+        if builds.requeue(pk, builds.STUCK_LAUNCHING, token=token, error="Stuck in launching"):
             return f"Build #{pk} was stuck launching for {since_launch:.0f}s: queued again"
         return None
     if state == S.LAUNCHED:
@@ -154,11 +171,11 @@ def _check_not_started(build, since_launch, config):
     if status == GONE:
         error = "Launched, but its process ended before it started building"
         hint = builds.launcher_for(build).not_started_hint(build["handle"])
-        if builds.requeue(pk, token=token, error=error, expected=(S.LAUNCHED,), hint=hint):
+        if builds.requeue(pk, builds.NOT_STARTED, token=token, error=error, hint=hint):
             return f"Build #{pk}: {error.lower()}: queued again"
     elif status in (STARTING, RUNNING) and since_launch > 2 * config.BUILD_START_TIMEOUT:
         error = f"Still not started {since_launch:.0f}s after launch"
-        if builds.requeue(pk, token=token, error=error, expected=(S.LAUNCHED,)):
+        if builds.requeue(pk, builds.NOT_STARTED, token=token, error=error):
             builds.stop_process(build)  # its token is void now; stopping it is tidiness, not safety
             return f"Build #{pk}: {error.lower()}: stopped and queued again"
     elif status == UNKNOWN:
@@ -197,21 +214,9 @@ def _report_stall(build, at, config, *, reason):
         "does not recover; the next report comes in "
         f"{config.BUILD_STALL_REPORT_EVERY}s if it stays stalled."
     )
-    logger.error("%s", message)
-    try:
-        mail_admins(f"Build #{pk} is stalled", message, fail_silently=False)
-    except OSError:
-        logger.exception("Could not mail the stall report for build #%s", pk)
-    for receiver, result in build_stalled.send_robust(
-        sender=Build, build=Build.objects.get(pk=pk), stalled_for=stalled_for
-    ):
-        if isinstance(result, Exception):
-            logger.error(
-                "A build_stalled receiver (%r) failed for build #%s",
-                receiver,
-                pk,
-                exc_info=(type(result), result, result.__traceback__),
-            )
+    builds.notify(AlertKind.STALLED, pk, f"Build #{pk} is stalled", message)
+    if build_stalled.has_listeners(Build):
+        send_robustly(build_stalled, Build, build=Build.objects.get(pk=pk), stalled_for=stalled_for)
     return f"Build #{pk} is stalled ({reason}): reported"
 
 

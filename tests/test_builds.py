@@ -81,7 +81,7 @@ def test_one_user_action_makes_one_request_whatever_the_mix_of_signals(django_ca
             Page(slug="a", title="A").publish()
             Page(slug="b", title="B").publish()
             live.title = "Live, edited"
-            live.save()
+            live.publish()  # a live page's changed draft goes live
             live.unpublish()
     (request,) = BuildRequest.objects.all()
     assert request.reason.count("; ") == 3
