@@ -1,0 +1,176 @@
+"""Is my change live? Where each page's last publish stands, in one sentence for editors.
+
+The rule (DESIGN §2): a page's last publish is the moment its live version last changed (``Page.published_at``:
+published, changes published, or taken down; the database's clock). It is on the site once a build that *started*
+at or after that moment (``Build.started_at``, its claim, after which it reads content) has succeeded and its
+release went live. Until then it waits for the build that will read it, is being built, or a build failed.
+
+Builds run one at a time, so their start times rise with their ids. ``publish_statuses`` answers for a whole page
+list in two queries: the successful builds that went live since the oldest publish in the list, and the builds
+that matter to pages none of those covers (the open ones, and those that ended badly since).
+"""
+
+import bisect
+import enum
+from dataclasses import dataclass
+
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import OPEN_STATES, Build, BuildState
+
+S = BuildState
+
+
+class StatusKind(enum.Enum):
+    DRAFT = "draft"  # never published: nothing of it is on the site
+    WAITING = "waiting"  # the build that will read it has not started yet
+    BUILDING = "building"  # a running build has read it
+    LIVE = "live"  # a build that read it went live
+    TAKEN_DOWN = "taken_down"  # it was unpublished, and a build without it went live
+    FAILED = "failed"  # the build that read it (or was to) failed; the sentence says whether it is retried
+
+
+#: A successful build whose release went live (builds from before destinations recorded it: one with a release).
+WENT_LIVE = Q(published__went_live=True) | (Q(published__isnull=True) & ~Q(release=""))
+
+#: How a build that ended without going live is said.
+ENDED_BADLY = {S.FAILED: "failed", S.CANCELLED: "was cancelled", S.LOST: "was lost"}
+
+
+@dataclass(frozen=True)
+class PageStatus:
+    kind: StatusKind
+    message: str
+    build_id: int | None = None
+
+    def __str__(self):
+        return self.message
+
+
+def publish_status(page):
+    """The ``PageStatus`` of one page (two queries at most)."""
+    return publish_statuses([page])[page.pk]
+
+
+def publish_statuses(pages):
+    """``{page.pk: PageStatus}`` for saved pages, as their ``is_published`` and ``published_at`` say, in two
+    queries whatever their number."""
+    pages = [page for page in pages if page.pk is not None]
+    published = [page.published_at for page in pages if page.published_at is not None]
+    if not published:
+        return {page.pk: _never_published() for page in pages}
+    went_live = list(
+        Build.objects.filter(WENT_LIVE, state=S.SUCCEEDED, started_at__gte=min(published))
+        .order_by("started_at", "pk")
+        .values("pk", "started_at", "finished_at", "release")
+    )
+    starts = [build["started_at"] for build in went_live]
+    uncovered = [moment for moment in published if not starts or moment > starts[-1]]
+    others = _builds_for_uncovered(min(uncovered)) if uncovered else []
+    clock = Clock(timezone.now())
+    statuses = {}
+    for page in pages:
+        if page.published_at is None:
+            statuses[page.pk] = _never_published()
+            continue
+        first = bisect.bisect_left(starts, page.published_at)
+        if first < len(went_live):
+            statuses[page.pk] = _on_the_site(page, went_live[first], clock)
+        else:
+            statuses[page.pk] = _not_yet(page, others, clock)
+    return statuses
+
+
+def _builds_for_uncovered(since):
+    """The open builds, and those that started at or after ``since`` and ended without going live."""
+    fields = ("pk", "state", "started_at", "next_attempt_at", "attempt", "error", "pages_done", "pages_total")
+    open_builds = Build.objects.filter(state__in=OPEN_STATES)
+    ended = Build.objects.filter(state__in=tuple(ENDED_BADLY), started_at__gte=since)
+    return list((open_builds | ended).values(*fields).order_by("-pk"))
+
+
+def _never_published():
+    return PageStatus(StatusKind.DRAFT, "not published yet")
+
+
+def _on_the_site(page, build, clock):
+    at = clock.time(build["finished_at"])
+    if page.is_published:
+        return PageStatus(StatusKind.LIVE, f"live since {at} (release {build['release']})", build["pk"])
+    return PageStatus(StatusKind.TAKEN_DOWN, f"taken down; off the site since {at}", build["pk"])
+
+
+def _not_yet(page, builds, clock):
+    """The publish at ``page.published_at`` that no build that went live has read yet."""
+    moment = page.published_at
+    active = next((b for b in builds if b["state"] in (S.LAUNCHING, S.LAUNCHED, S.RUNNING)), None)
+    queued = next((b for b in builds if b["state"] == S.QUEUED), None)
+    running = active if active and active["state"] == S.RUNNING and active["started_at"] >= moment else None
+    # The build that will read it: the active one if it has not read content yet, else the queued one.
+    upcoming = active if active and active["state"] != S.RUNNING else queued
+    ended = next((b for b in builds if b["state"] in ENDED_BADLY and b["started_at"] >= moment), None)
+    if ended and running and running["pk"] > ended["pk"]:
+        ended = None  # a later build is reading it again
+
+    def once(build):  # "live once build #14 finishes", "off the site once ..."
+        goal = "live" if page.is_published else "off the site"
+        return f"{goal} once build #{build['pk']} finishes"
+
+    taken_down = "" if page.is_published else "taken down; "
+    if running:
+        progress = percent(running)
+        if page.is_published:
+            words = f"building in #{running['pk']}" + (f" ({progress})" if progress else "")
+        else:
+            words = f"taken down; {once(running)}" + (f" ({progress})" if progress else "")
+        return PageStatus(StatusKind.BUILDING, words, running["pk"])
+    if ended:
+        what = f"{taken_down}build #{ended['pk']} {ENDED_BADLY[S(ended['state'])]}"
+        if upcoming is None:
+            return PageStatus(
+                StatusKind.FAILED,
+                f"{what} and is not retried automatically — publish again, or ask an operator",
+                ended["pk"],
+            )
+        return PageStatus(StatusKind.FAILED, f"{what} — {retry(upcoming, clock)}", ended["pk"])
+    if upcoming is None:
+        return PageStatus(StatusKind.WAITING, f"{taken_down}waiting for the next build")
+    if upcoming["state"] == S.QUEUED and upcoming["error"]:  # its launch failed: it goes back to the queue
+        return PageStatus(
+            StatusKind.FAILED,
+            f"{taken_down}build #{upcoming['pk']} could not start — {retry(upcoming, clock, same=True)}",
+            upcoming["pk"],
+        )
+    if page.is_published:
+        return PageStatus(StatusKind.WAITING, f"waiting for build #{upcoming['pk']}", upcoming["pk"])
+    return PageStatus(StatusKind.WAITING, f"taken down; {once(upcoming)}", upcoming["pk"])
+
+
+def retry(build, clock, *, same=False):
+    """ "will be retried at 14:10" (a queued build that waits out a backoff), or "retrying in build #14"."""
+    due = build["next_attempt_at"]
+    if build["state"] == S.QUEUED and due is not None and due > clock.now:
+        return f"will be retried at {clock.time(due)}"
+    return "being retried" if same else f"retrying in build #{build['pk']}"
+
+
+def percent(build):
+    """ "62 %" of a running build's pages, or "" while it does not know how many."""
+    if not build["pages_total"]:
+        return ""
+    return f"{100 * (build['pages_done'] or 0) // build['pages_total']} %"
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The moment statuses are worded at, and how times are said: HH:MM in the admin's time zone (the current
+    one), with the day when it is not today."""
+
+    now: object
+
+    def time(self, moment):
+        local = timezone.localtime(moment)
+        if local.date() == timezone.localtime(self.now).date():
+            return f"{local:%H:%M}"
+        return f"{local.day} {local:%b} {local:%H:%M}"
