@@ -119,6 +119,15 @@ class Calls:
     def clear(self):
         self.calls.clear()
 
+    class Requests:
+        """A ``before-send`` handler that keeps every request sent (and lets it through)."""
+
+        def __init__(self):
+            self.requests = []
+
+        def __call__(self, request, **kwargs):
+            self.requests.append(request)
+
 
 @pytest.fixture
 def hooks(monkeypatch):
@@ -509,6 +518,117 @@ def test_no_credentials_at_all(bucket, monkeypatch, tmp_path):
     assert missing.value.code == "NoCredentials" and "AWS_ACCESS_KEY_ID" in str(missing.value)
 
 
+def test_check_write_puts_a_probe_with_its_checksum_and_deletes_it(bucket, hooks, calls):
+    sent = hooks.on("before-send.s3", Calls.Requests())
+    said = get_destination().check_write()
+    (put,) = [r for r in sent.requests if r.method == "PUT"]
+    key = put.url.split(f"/{BUCKET}/", 1)[1]
+    assert re.fullmatch(re.escape(bucket.prefix) + r"\.publisher-probe/[0-9a-f]{32}", key), key
+    assert put.headers["x-amz-checksum-sha256"].decode() == b64(b"publisher write probe\n")
+    assert [kind for kind, _ in calls.calls] == ["PutObject", "DeleteObject"]
+    assert bucket.keys() == [] and key in said
+
+
+def test_check_write_refused_names_the_bucket_the_action_and_the_request_id(bucket, hooks):
+    def refuse(request, **kwargs):
+        if request.method == "PUT" and "/.publisher-probe/" in request.url:
+            return error_response(403, "AccessDenied", "Access Denied", request_id="RQPROBE1")
+        return None
+
+    hooks.on("before-send.s3", refuse)
+    with pytest.raises(DestinationError) as refused:
+        get_destination().check_write()
+    error = refused.value
+    assert error.code == "AccessDenied" and error.request_id == "RQPROBE1" and not error.retryable
+    message = str(error)
+    assert f"S3 refused s3:PutObject on s3://{BUCKET}/{bucket.prefix}.publisher-probe/" in message
+    assert "request id RQPROBE1" in message and f"arn:aws:s3:::{BUCKET}/{bucket.prefix}*" in message
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in message.replace(BUCKET, "")
+    assert bucket.keys() == []
+
+
+@pytest.fixture
+def iam_user(bucket, monkeypatch):
+    """A moto IAM user with the given S3 actions allowed, its keys in the environment, authorization enforced."""
+    iam = boto3.client("iam", endpoint_url=bucket.url, region_name="us-east-1")
+
+    def make(*actions):
+        user = f"u{uuid.uuid4().hex[:8]}"
+        iam.create_user(UserName=user)
+        # moto names HEAD of a bucket s3:HeadBucket (AWS authorizes it as s3:ListBucket).
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": [*actions, "s3:HeadBucket"], "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName=user, PolicyName="publisher", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        requests.post(f"{bucket.url}/moto-api/reset-auth", data=b"0", timeout=5).raise_for_status()
+        return key
+
+    yield make
+    requests.post(f"{bucket.url}/moto-api/reset-auth", data=b"inf", timeout=5).raise_for_status()
+
+
+def test_check_write_against_a_policy_that_refuses_the_put(bucket, iam_user):
+    key = iam_user("s3:ListBucket", "s3:GetObject")
+    destination = get_destination()
+    assert destination.check() == [], "reading is allowed: only a write shows what is missing"
+    with pytest.raises(DestinationError) as refused:
+        destination.check_write()
+    error = refused.value
+    assert error.code == "AccessDenied" and error.request_id
+    assert f"S3 refused s3:PutObject on s3://{BUCKET}/" in str(error) and f"request id {error.request_id}" in str(error)
+    assert key["SecretAccessKey"] not in str(error) and "left behind" not in str(error)
+
+
+def test_check_write_against_a_policy_that_refuses_the_delete_says_the_probe_is_left(bucket, iam_user):
+    key = iam_user("s3:ListBucket", "s3:GetObject", "s3:PutObject")
+    with pytest.raises(DestinationError) as refused:
+        get_destination().check_write()
+    error = refused.value
+    assert error.code == "AccessDenied" and "S3 refused s3:DeleteObject" in str(error)
+    assert "was left behind" in str(error) and key["SecretAccessKey"] not in str(error)
+
+
+def test_prune_counts_the_objects_it_deleted(bucket, settings):
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 1}
+    publish("a")
+    names = [build(build_id=n).name for n in (1, 2, 3)]
+    objects = len(bucket.keys(f"releases/{names[0]}/"))
+    pruned = get_destination().prune()
+    assert pruned == [names[0]] and pruned.deleted == objects + 1  # its objects and its manifest
+
+
+def test_prune_keeps_the_release_cloudfront_still_serves(bucket, settings, monkeypatch):
+    """A failed KVS write leaves CloudFront on an older release: pruning must not delete it under it."""
+    from publisher.destinations import cloudfront
+
+    served = {"live": None}
+
+    class FakeStore:
+        def __init__(self, **kwargs):
+            pass
+
+        def get_live(self):
+            return served["live"]
+
+        def put_live(self, name):
+            pass  # the write "fails" silently: CloudFront stays where it was
+
+    monkeypatch.setattr(cloudfront, "KeyValueStore", FakeStore)
+    bucket.configure(CLOUDFRONT_KVS_ARN="arn:aws:cloudfront::123456789012:key-value-store/a1b2c3d4")
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 1}
+    publish("a")
+    names = [build(build_id=n).name for n in (1, 2, 3, 4)]
+    served["live"] = names[0]
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=2)
+    monkeypatch.setattr(s3_module, "now", lambda: later)
+    assert get_destination().prune() == [names[1], names[2]]
+    assert get_destination().releases() == [names[0], names[3]]
+
+
 def test_s3_answering_500_503_slowdown_then_recovering_is_retried(bucket, hooks):
     publish("a")
     failures = Counter()
@@ -652,24 +772,121 @@ def test_without_a_kvs_arn_the_cloudfront_module_is_not_used(bucket, monkeypatch
     assert build(build_id=1).went_live
 
 
+def mirror_matches(bucket, name):
+    """The mirror prefix holds exactly release ``name``'s files (with their content) and ``mirror.json``."""
+    manifest = get_destination().manifest(name)
+    assert bucket.keys("www/") == sorted([*(f"www/{p}" for p in manifest.files), "www/mirror.json"])
+    for path, entry in manifest.files.items():
+        body = bucket.get(f"www/{path}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry.sha256, f"www/{path} is not {name}'s"
+    assert json.loads(bucket.get("www/mirror.json")["Body"].read())["release"] == name
+
+
+def mirrored(calls, bucket):
+    www = f"{bucket.prefix}www/"
+    return [k[len(www) :] for kind, k in calls.calls if kind == "CopyObject" and k.startswith(www)]
+
+
 def test_mirror_prefix_holds_the_live_release_changed_files_only(bucket, calls):
     bucket.configure(MIRROR_PREFIX=f"{bucket.prefix}www")
     publish("a")
     gone = publish("b")
     first = build(build_id=1)
-    mirror = sorted(k for k in bucket.keys("www/"))
-    assert mirror == sorted(f"www/{p}" for p in get_destination().manifest(first.name).files)
+    mirror_matches(bucket, first.name)
     gone.unpublish()
     publish("c")
     calls.clear()
     second = build(build_id=2)
     made = list(calls.calls)
-    assert sorted(bucket.keys("www/")) == sorted(f"www/{p}" for p in get_destination().manifest(second.name).files)
+    mirror_matches(bucket, second.name)
+    sent = mirrored(calls, bucket)
+    assert sent[0] == "c/index.html" and sent.index("index.html") < sent.index("sitemap.xml")
+    assert "a/index.html" not in sent and "404.html" not in sent
+    # b/ is deleted after everything else is sent; mirror.json is written last of all.
+    assert [kind for kind, _ in made][-2:] == ["DeleteObjects", "PutObject"]
+    assert made[-1][1] == f"{bucket.prefix}www/mirror.json"
+    assert get_destination().mirror_prefix + "mirror.json" == made[-1][1]
+
+
+def refuse_mirror_copies(hooks, *, after):
+    """From the ``after + 1``-th copy into the mirror on, S3 refuses (a mirror cut short); returns a switch."""
+    state = {"copies": 0, "on": True}
+
+    def refuse(request, **kwargs):
+        if (
+            state["on"]
+            and request.method == "PUT"
+            and "x-amz-copy-source" in request.headers
+            and "/www/" in (request.url)
+        ):
+            state["copies"] += 1
+            if state["copies"] > after:
+                return error_response(403, "AccessDenied", "Access Denied")
+        return None
+
+    hooks.on("before-send.s3", refuse)
+    return state
+
+
+def test_a_mirror_cut_short_is_finished_by_the_next_build_from_its_own_manifest(bucket, hooks, calls, caplog):
+    """The next build compares with mirror.json, not with the previous release: what a dead mirror left undone is
+    sent even though the next release did not change it."""
+    bucket.configure(MIRROR_PREFIX=f"{bucket.prefix}www")
+    for slug in ("a", "b", "c"):
+        publish(slug, title=f"{slug} v1")
+    first = build(build_id=1)
+    Page.objects.filter(slug__in=["a", "b"]).update(title="v2", live_title="v2")
+    refusing = refuse_mirror_copies(hooks, after=1)  # a/index.html is sent, then the mirror dies
+    second = build(build_id=2)
+    assert second.went_live and bucket.live()["release"] == second.name, "a mirror failure never fails the cutover"
+    assert "Mirror of" in caplog.text and "incomplete" in caplog.text
+    assert json.loads(bucket.get("www/mirror.json")["Body"].read())["release"] == first.name  # the old state stays
+    assert bucket.get("www/b/index.html")["Body"].read() == get_destination().open(first.name, "b/index.html")
+
+    refusing["on"] = False
+    calls.clear()
+    third = build(build_id=3)  # no content change: release 3's pages equal release 2's
+    mirror_matches(bucket, third.name)
+    sent = mirrored(calls, bucket)
+    assert "b/index.html" in sent and "index.html" in sent, "what the dead mirror left undone is sent"
+    assert "a/index.html" in sent, "a file sent by a mirror that then died is not trusted: sent again"
+    assert "c/index.html" not in sent
+
+    calls.clear()
+    fourth = build(build_id=4)
+    mirror_matches(bucket, fourth.name)
+    assert set(mirrored(calls, bucket)) <= {"release.json"}, "a mirror in sync sends only what changed"
+
+
+def test_a_mirror_prefix_edited_by_hand_is_repaired_by_the_next_build(bucket, calls):
+    bucket.configure(MIRROR_PREFIX=f"{bucket.prefix}www")
+    for slug in ("a", "b"):
+        publish(slug)
+    build(build_id=1)
     www = f"{bucket.prefix}www/"
-    mirrored = [k[len(www) :] for kind, k in made if kind == "CopyObject" and k.startswith(www)]
-    assert mirrored[0] == "c/index.html" and mirrored.index("index.html") < mirrored.index("sitemap.xml")
-    assert "a/index.html" not in mirrored and "404.html" not in mirrored
-    assert [kind for kind, _ in made][-1] == "DeleteObjects"  # b/ after everything else
+    bucket.client.put_object(Bucket=BUCKET, Key=f"{www}a/index.html", Body=b"defaced", ContentType="text/html")
+    bucket.client.delete_object(Bucket=BUCKET, Key=f"{www}b/index.html")
+    bucket.client.put_object(Bucket=BUCKET, Key=f"{www}stray.html", Body=b"of neither release")
+    calls.clear()
+    second = build(build_id=2)
+    mirror_matches(bucket, second.name)
+    assert {"a/index.html", "b/index.html"} <= set(mirrored(calls, bucket))
+
+    bucket.client.put_object(Bucket=BUCKET, Key=f"{www}mirror.json", Body=b"not json")
+    calls.clear()
+    third = build(build_id=3)
+    mirror_matches(bucket, third.name)
+    assert set(mirrored(calls, bucket)) == set(get_destination().manifest(third.name).files), "unknown: all sent"
+
+
+def test_a_rollback_mirrors_the_release_it_makes_live(bucket):
+    bucket.configure(MIRROR_PREFIX=f"{bucket.prefix}www")
+    publish("a")
+    first = build(build_id=1)
+    publish("b")
+    build(build_id=2)
+    get_destination().rollback(first.name)
+    mirror_matches(bucket, first.name)
 
 
 def first_s3_release(bucket, children, child_env):

@@ -70,6 +70,15 @@ class Published:
     bytes_uploaded: int = 0
 
 
+class Pruned(list):
+    """What ``prune`` removed: the release names, oldest first (a list, so it compares equal to one), and
+    ``deleted``, how many objects or files went with them (leftovers of interrupted builds and prunes included)."""
+
+    def __init__(self, names=(), *, deleted=0):
+        super().__init__(names)
+        self.deleted = int(deleted)
+
+
 class ReleaseWriter:
     """One release being written. Subclasses implement ``_store``; ``add`` records the manifest."""
 
@@ -132,7 +141,7 @@ class BaseDestination(Backend):
 
     def prune(self):
         """Remove old releases (keeping the live one and the newest ``SITE_RELEASES_KEPT``); interruptible at any
-        instant. Returns the names removed."""
+        instant. Returns a ``Pruned``: the names removed and how many objects or files were deleted."""
         raise NotImplementedError(f"{type(self).__name__} must implement prune()")
 
     def open(self, name, path):
@@ -145,7 +154,10 @@ class BaseDestination(Backend):
 
     def check_write(self):
         """Prove this destination accepts a write (the doctor): store and remove a small probe object outside any
-        release. Returns ``None``; raises ``DestinationError`` saying what was refused."""
+        release. Returns a few words saying what was written; raises ``DestinationError`` saying what was refused.
+
+        Not part of ``check()``: system checks run at every management command, and a write there would cost a
+        request (and leave a probe when interrupted) each time; ``publisherdoctor`` calls this."""
         raise NotImplementedError(f"{type(self).__name__} must implement check_write()")
 
     def describe(self):

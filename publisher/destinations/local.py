@@ -7,6 +7,7 @@ release; a partial release is never served, and the next build removes it.
 """
 
 import datetime
+import errno
 import json
 import logging
 import os
@@ -17,13 +18,24 @@ from pathlib import Path
 from django.core import checks
 
 from ..interrupts import critical_section
-from .base import BaseDestination, LiveRelease, Published, ReleaseNotFound, ReleaseWriter, release_order
+from .base import (
+    BaseDestination,
+    DestinationError,
+    LiveRelease,
+    Pruned,
+    Published,
+    ReleaseNotFound,
+    ReleaseWriter,
+    release_order,
+)
 
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
 #: A release being deleted is first renamed to this prefix: a folder named like a release is complete, or gone.
 TRASH_PREFIX = ".trash-"
+#: ``check_write`` writes ``SITE_ROOT/<PROBE_PREFIX><random>`` (and a symlink beside it) and removes both.
+PROBE_PREFIX = ".publisher-probe-"
 MANIFEST = "manifest.json"
 
 W030 = "publisher.W030"  # a local destination on a Heroku dyno: its disk vanishes
@@ -81,13 +93,14 @@ class SiteRoot:
         """Keep the newest ``kept`` complete releases and always the live one; finish deletions left half-done.
 
         Each release is renamed out of the way before it is deleted, so an interrupted prune never leaves a folder
-        that looks complete but is not. Returns the names removed.
+        that looks complete but is not. Returns a ``Pruned`` (names removed, files deleted).
         """
         if not self.releases.is_dir():
-            return []
+            return Pruned()
+        deleted = 0
         for path in self.releases.iterdir():
             if path.name.startswith(TRASH_PREFIX):
-                shutil.rmtree(path, ignore_errors=True)
+                deleted += _remove_tree(path)
         live = self.live_name()
         names = self.complete_releases()
         removed = []
@@ -99,9 +112,9 @@ class SiteRoot:
                 os.rename(self.releases / name, trash)
             except FileNotFoundError:
                 continue  # another process pruned it
-            shutil.rmtree(trash, ignore_errors=True)
+            deleted += _remove_tree(trash)
             removed.append(name)
-        return removed
+        return Pruned(removed, deleted=deleted)
 
 
 class LocalReleaseWriter(ReleaseWriter):
@@ -226,8 +239,43 @@ class LocalDestination(BaseDestination):
             ]
         return []
 
+    def check_write(self):
+        """Create ``SITE_ROOT`` if missing (as a build would), write a probe file and a symlink to it (the build
+        switches ``current`` by a symlink), read the file back, remove both."""
+        root = self.site.root
+        probe = root / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        link = probe.with_name(probe.name + "-link")
+        data = b"publisher write probe\n"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(data)
+            try:
+                os.symlink(probe.name, link)
+                if link.read_bytes() != data:
+                    raise OSError(f"{probe} reads back other bytes than were written")
+            finally:
+                link.unlink(missing_ok=True)
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno, "OSError") if exc.errno else "OSError"
+            raise DestinationError(
+                f"SITE_ROOT {root} does not accept a write (creating {probe.name} and a symlink to it): "
+                f"{exc.strerror or exc}. Builds write releases there and switch its 'current' symlink; give the "
+                "user running the publisher write access, or set SITE_ROOT to a writable folder.",
+                code=code,
+                retryable=False,
+            ) from None
+        return f"wrote and removed {probe.name} and a symlink in {root}"
+
     def describe(self):
         return str(self.site.root)
+
+
+def _remove_tree(path):
+    """Delete a folder; returns how many files it held (best effort: an interrupted rmtree is finished later)."""
+    files = sum(len(names) for _dirpath, _dirs, names in os.walk(path))
+    shutil.rmtree(path, ignore_errors=True)
+    return files
 
 
 def fsync_dir(path):

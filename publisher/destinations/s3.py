@@ -12,7 +12,9 @@ Keys under ``PREFIX``:
   rollback are ONE conditional ``put_object`` of it: ``IfMatch`` the ETag the build read (``IfNoneMatch="*"`` when
   there was none), so of two writers that read the same pointer exactly one wins; the other gets ``PointerMoved``.
   A build never moves the pointer to a release older than the live one (``release_order``). When
-  ``CLOUDFRONT_KVS_ARN`` is set, the KVS key ``live`` is written right after ``live.json`` (the source of truth).
+  ``CLOUDFRONT_KVS_ARN`` is set, the KVS key ``live`` is written right after ``live.json`` (the source of truth) and
+  the build's recorded success: nothing between the pointer write and the success can fail the build.
+- ``.publisher-probe/<random>``: what ``check_write`` (the doctor) puts and deletes to prove write access.
 
 Cache headers (``Cache-Control``) of release objects, chosen for a CDN that keys its cache by release (the
 viewer-request function maps ``/<path>`` to ``releases/<live>/<path>``), so an object under a release never changes:
@@ -43,10 +45,12 @@ moto 5.2.5 (the test server) implements ``IfMatch``/``IfNoneMatch="*"`` on ``put
 import base64
 import binascii
 import datetime
+import hashlib
 import json
 import logging
 import re
 import threading
+import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -60,6 +64,7 @@ from .base import (
     DestinationError,
     LiveRelease,
     PointerMoved,
+    Pruned,
     Published,
     ReleaseNotFound,
     ReleaseWriter,
@@ -75,6 +80,12 @@ E033 = "publisher.E033"  # malformed CLOUDFRONT_KVS_ARN
 
 KVS_ARN = re.compile(r"^arn:aws:cloudfront::\d{12}:key-value-store/[A-Za-z0-9-]+$")
 POINTER = "live.json"
+#: ``check_write`` puts and deletes ``<prefix><PROBE><random>``, outside every release.
+PROBE = ".publisher-probe/"
+#: The mirror's own manifest: what the mirror prefix holds (each file's SHA-256 and the ETag it got when mirrored),
+#: written last, after the deletions. A mirror cut short leaves the previous one, so the next run re-sends whatever
+#: differs from it.
+MIRROR_MANIFEST = "mirror.json"
 #: A release switched away from less than this long ago is kept: browsers and CDN edges may still be serving it.
 GRACE = datetime.timedelta(hours=1)
 #: Files of a release without a manifest (a dead build's) are removed once their newest object is this old.
@@ -396,6 +407,7 @@ class S3Destination(BaseDestination):
             raise translate(exc, f"listing {prefix}") from None
 
     def _delete_keys(self, keys):
+        """Delete ``keys`` in batches of ``DELETE_BATCH``; returns how many were deleted."""
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
             response = self._call(
@@ -411,6 +423,7 @@ class S3Destination(BaseDestination):
                     f"{first.get('Code')} {first.get('Message')}",
                     code=first.get("Code"),
                 )
+        return len(keys)
 
     # -- the pointer --------------------------------------------------------------------------------------------
 
@@ -478,8 +491,6 @@ class S3Destination(BaseDestination):
             previous=previous,
         )
         self._pointer = (live, response.get("ETag"))
-        if self.options["CLOUDFRONT_KVS_ARN"]:
-            self._put_kvs(manifest.release)
         return live
 
     def _kvs(self):
@@ -508,9 +519,12 @@ class S3Destination(BaseDestination):
         return f"CloudFront's KeyValueStore named {served or 'nothing'}; set to the live release {live.release}"
 
     def _put_kvs(self, name):
-        """Write the KVS key ``live`` (what CloudFront serves). ``live.json`` has already moved and is the source
-        of truth, so a failure here is logged, not raised: the release is live by the pointer, and the next
-        cutover or rollback writes the key again."""
+        """Write the KVS key ``live`` (what CloudFront serves), when ``CLOUDFRONT_KVS_ARN`` is set. ``live.json``
+        has already moved and is the source of truth (and the build's success is recorded), so a failure here is
+        logged, not raised: the release is live by the pointer, and the sweep (``reconcile``), the next cutover or
+        a rollback writes the key again."""
+        if not self.options["CLOUDFRONT_KVS_ARN"]:
+            return
         try:
             self._kvs().put_live(name)
         except DestinationError as exc:
@@ -606,12 +620,14 @@ class S3Destination(BaseDestination):
                     after_switch(published)  # as the local destination does: the build is done, kept sealed
             return published
         with critical_section():
+            # Nothing may raise between the pointer write and the recorded success: the outcome is the switch's.
             live = self._write_pointer(manifest, previous=read, etag=writer.pointer_etag)
             published = Published(went_live=True, **transfers)
             if after_switch is not None:
                 after_switch(published)
+        self._put_kvs(manifest.release)
         if self.mirror_prefix:
-            self._mirror(manifest, writer.parent_manifest)
+            self._mirror(manifest)
         logger.info("Release %s live in %s (previous %s)", live.release, self.describe(), read)
         return published
 
@@ -620,14 +636,9 @@ class S3Destination(BaseDestination):
         live, etag = self._read_pointer()
         with critical_section():
             result = self._write_pointer(manifest, previous=live.release if live else None, etag=etag)
+        self._put_kvs(name)
         if self.mirror_prefix:
-            parent = None
-            if live is not None:
-                try:
-                    parent = self.manifest(live.release)
-                except ReleaseNotFound:
-                    parent = None
-            self._mirror(manifest, parent)
+            self._mirror(manifest)
         return result
 
     def releases(self):
@@ -640,6 +651,7 @@ class S3Destination(BaseDestination):
         return sorted(names, key=release_order)
 
     def prune(self):
+        """Returns a ``Pruned``: the releases removed and how many objects were deleted with them."""
         live, _ = self._read_pointer()
         sealed = self.releases()
         keep = set(sealed[-self.kept :])
@@ -647,13 +659,18 @@ class S3Destination(BaseDestination):
             keep.add(live.release)
             if live.previous and _recent(live.switched_at):
                 keep.add(live.previous)
-        removed = []
+        if self.options["CLOUDFRONT_KVS_ARN"]:
+            # What CloudFront serves may lag behind live.json (a failed KVS write): never delete it under it.
+            served = self._kvs().get_live()
+            if served:
+                keep.add(served)
+        removed, deleted = [], 0
         for name in sealed:
             if name in keep:
                 continue
             # The manifest first: from this instant the release is not sealed, so nothing can make it live.
-            self._delete_keys([self.manifest_key(name)])
-            self._delete_keys([obj["Key"] for obj in self._list(self.key(f"releases/{name}/"))])
+            deleted += self._delete_keys([self.manifest_key(name)])
+            deleted += self._delete_keys([obj["Key"] for obj in self._list(self.key(f"releases/{name}/"))])
             removed.append(name)
         sealed_set = set(sealed)
         root = self.key("releases/")
@@ -670,9 +687,9 @@ class S3Destination(BaseDestination):
             if self._exists(self.manifest_key(name)):
                 continue  # sealed since we listed
             logger.info("Removing the unsealed release %s left by an interrupted build", name)
-            self._delete_keys([o["Key"] for o in objects])
+            deleted += self._delete_keys([o["Key"] for o in objects])
             removed.append(name)
-        return removed
+        return Pruned(removed, deleted=deleted)
 
     def open(self, name, path):
         body, _ = self._get(self.file_key(name, path), f"reading {path} of {name}")
@@ -714,23 +731,82 @@ class S3Destination(BaseDestination):
             )
         return messages
 
+    def check_write(self):
+        """Put a small probe object (with its SHA-256 checksum, as builds do) under ``<prefix>.publisher-probe/``
+        and delete it: proves the credentials may write and delete where releases go. Refusals name the bucket,
+        the action and S3's request id, never a secret."""
+        if not self.bucket:
+            raise DestinationError("SITE_S3_BUCKET is not set.", code="NoBucket", retryable=False)
+        key = self.key(f"{PROBE}{uuid.uuid4().hex}")
+        data = b"publisher write probe\n"
+        steps = (
+            (
+                "s3:PutObject",
+                lambda: self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType="text/plain",
+                    CacheControl=CACHE_PRIVATE,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=b64_sha256(hashlib.sha256(data).hexdigest()),
+                ),
+            ),
+            ("s3:DeleteObject", lambda: self.client.delete_object(Bucket=self.bucket, Key=key)),
+        )
+        for action, call in steps:
+            try:
+                call()
+            except BOTO_ERRORS as exc:
+                raise self._refused(exc, action, key, left=action != "s3:PutObject") from None
+        return f"put and deleted s3://{self.bucket}/{key}"
+
+    def _refused(self, exc, action, key, *, left):
+        error = translate(exc, f"{action} of s3://{self.bucket}/{key}")
+        where = f"s3://{self.bucket}/{key}"
+        said = f"({error.code}, request id {error.request_id or 'none'})"
+        if error.code == "AccessDenied":
+            message = (
+                f"S3 refused {action} on {where} {said}: the credentials were accepted but their policy does not "
+                f"allow {action} on arn:aws:s3:::{self.bucket}/{self.prefix}*; builds need s3:PutObject, "
+                "s3:GetObject and s3:DeleteObject there, and s3:ListBucket on the bucket."
+            )
+        else:
+            message = f"{action} on {where} failed {said}: {error}"
+        if left:
+            message += f" The probe {where} was left behind; delete it by hand."
+        return DestinationError(message, code=error.code, request_id=error.request_id, retryable=error.retryable)
+
     def describe(self):
         return f"s3://{self.bucket}/{self.prefix}"
 
     # -- the mirror ---------------------------------------------------------------------------------------------
 
-    def _mirror(self, manifest, previous):
-        """Copy the live release into ``MIRROR_PREFIX`` (a plain S3 website), changed files only, ordered so that
-        no page links to a file not there yet: new and changed pages, then the index pages, then the sitemaps,
-        then deletions. Not atomic; a failure is logged and the next cutover repairs it."""
-        old = previous.files if previous is not None else {}
-        current = {}
+    def _mirror(self, manifest):
+        """Copy the live release into ``MIRROR_PREFIX`` (a plain S3 website), ordered so that no page links to a
+        file not there yet: new and changed pages (and other files), then the index pages, then the sitemaps and
+        ``robots.txt``, then deletions, then ``mirror.json``. Not atomic.
+
+        What is there is judged against the mirror's own state, not against the previous release: a file is sent
+        unless ``mirror.json`` records it with this release's SHA-256 AND the listing shows the ETag it got when it
+        was mirrored (so a file rewritten by hand or by a mirror cut short is sent again), and every key the
+        release lacks is deleted (files of neither release included). A failure is logged; the next cutover or
+        rollback finishes the job from whatever it finds. Returns the number of files sent."""
+        state_key = self.mirror_prefix + MIRROR_MANIFEST
         try:
-            for obj in self._list(self.mirror_prefix):
-                current[obj["Key"][len(self.mirror_prefix) :]] = True
+            listed = {
+                obj["Key"][len(self.mirror_prefix) :]: obj.get("ETag")
+                for obj in self._list(self.mirror_prefix)
+                if obj.get("Key") and obj["Key"] != state_key
+            }
+            state = self._mirror_state(state_key)
         except DestinationError as exc:
             logger.warning("Mirror not updated: %s", exc)
-            return
+            return 0
+
+        def in_sync(path, entry):
+            known = state.get(path)
+            return bool(known) and known["sha256"] == entry.sha256 and known["etag"] == listed.get(path, False)
 
         def stage(path):
             if path == "index.html" or path.startswith("page/"):
@@ -739,13 +815,12 @@ class S3Destination(BaseDestination):
                 return 2
             return 0
 
-        changed = [
-            e for p, e in manifest.files.items() if p not in current or p not in old or old[p].sha256 != e.sha256
-        ]
+        etags = {path: listed[path] for path, entry in manifest.files.items() if in_sync(path, entry)}
+        changed = [entry for path, entry in manifest.files.items() if path not in etags]
         try:
             for level in (0, 1, 2):
                 for entry in sorted((e for e in changed if stage(e.path) == level), key=lambda e: e.path):
-                    self._call(
+                    response = self._call(
                         f"mirroring {entry.path}",
                         "copy_object",
                         Key=self.mirror_prefix + entry.path,
@@ -754,10 +829,37 @@ class S3Destination(BaseDestination):
                         ContentType=entry.content_type,
                         CacheControl=CACHE_MIRROR,
                     )
-            gone = sorted(self.mirror_prefix + p for p in current if p not in manifest.files)
-            self._delete_keys(gone)
+                    etags[entry.path] = (response.get("CopyObjectResult") or {}).get("ETag")
+            self._delete_keys(sorted(self.mirror_prefix + p for p in listed if p not in manifest.files))
+            body = {
+                "format": 1,
+                "release": manifest.release,
+                "files": {path: {"sha256": manifest.files[path].sha256, "etag": etags[path]} for path in sorted(etags)},
+            }
+            self._call(
+                "writing the mirror's manifest",
+                "put_object",
+                Key=state_key,
+                Body=(json.dumps(body, separators=(",", ":")) + "\n").encode(),
+                ContentType="application/json",
+                CacheControl=CACHE_PRIVATE,
+            )
         except DestinationError as exc:
-            logger.warning("Mirror of %s incomplete: %s", manifest.release, exc)
+            logger.warning("Mirror of %s incomplete (the next cutover finishes it): %s", manifest.release, exc)
+        return len(changed)
+
+    def _mirror_state(self, key):
+        """``{path: {"sha256", "etag"}}`` from ``mirror.json``; empty when missing or unreadable (then everything
+        is sent again)."""
+        body, _ = self._get(key, "reading the mirror's manifest")
+        if body is None:
+            return {}
+        try:
+            files = json.loads(body)["files"]
+            return {path: {"sha256": f["sha256"], "etag": f["etag"]} for path, f in files.items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("%s is not a mirror manifest: the whole release is mirrored again", key)
+            return {}
 
 
 def _as_prefix(value):
