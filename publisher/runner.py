@@ -9,7 +9,7 @@ from django.db import DatabaseError, connections
 
 from . import builds, interrupts
 from .conf import get_config
-from .models import BuildState
+from .models import Build, BuildState
 from .progress import Progress
 from .release import build_release, prune_releases
 
@@ -184,8 +184,14 @@ def _after_success(config, claim, progress):
         after = builds.launch_next()
         said = f". {after.for_operators}" if after else ""
         removed = prune_releases(config)
+        record_pruned(claim.build_id, removed)
         if removed:
-            logger.info("Build #%s: removed %d old release(s)", claim.build_id, len(removed))
+            logger.info(
+                "Build #%s: removed %d old release(s), %d file(s)",
+                claim.build_id,
+                len(removed),
+                getattr(removed, "deleted", 0),
+            )
     except interrupts.BuildInterrupted as exc:
         logger.warning(
             "Build #%s went live and was %s afterwards; the next launch and pruning are left to the sweep and the "
@@ -198,3 +204,12 @@ def _after_success(config, claim, progress):
             "Build #%s went live; what came after failed and is left to the sweep and the next build", claim.build_id
         )
     return said
+
+
+def record_pruned(build_id, pruned):
+    """Add what this build's prune removed to its history: ``published["pruned"]`` (release names) and
+    ``["deleted"]`` (objects or files). The build has ended by now, so this writes by ``pk`` and ``published`` only,
+    never ``state`` (``publisher.builds`` owns every transition); a prune cut short records nothing."""
+    published = Build.objects.filter(pk=build_id).values_list("published", flat=True).first() or {}
+    published = {**published, "pruned": list(pruned), "deleted": int(getattr(pruned, "deleted", 0))}
+    Build.objects.filter(pk=build_id).update(published=published)
