@@ -172,6 +172,89 @@ def test_a_launch_failure_requeues_the_same_build_with_backoff(clock, settings):
     assert only_build().requests.count() == 4
 
 
+def launch_error_fields(build):
+    build.refresh_from_db()
+    return (build.error_status, build.error_id, build.error_request_id, build.needs_operator)
+
+
+def test_a_launch_failure_is_stored_structured_until_a_launch_works(clock):
+    """DESIGN §8: status, platform error id, request id and needs-an-operator, so the banner and the doctor need not
+    parse the prose. The last failure stays until a launch works; the prose error stays for the history."""
+    recording.fail_next(
+        LaunchError(
+            "Heroku rejected the API key (401)",
+            status=401,
+            error_id="unauthorized",
+            request_id="req-42",
+            retryable=False,
+            needs_operator=True,
+        )
+    )
+    builds.request_build("publish")
+    build = only_build()
+    assert launch_error_fields(build) == (401, "unauthorized", "req-42", True)
+    clock.advance(30)
+    recording.fail_next(LaunchError("Heroku is unavailable (503)", status=503, error_id="unavailable"))
+    builds.launch_next()
+    assert launch_error_fields(build) == (503, "unavailable", "", False), "the last failure, not the first"
+    clock.advance(60)
+    assert builds.launch_next().kind == "launched"
+    assert launch_error_fields(build) == (None, "", "", False)
+    assert "503" in build.error
+
+
+def test_a_failure_before_the_claim_that_is_no_launch_error_needs_no_operator(clock, monkeypatch):
+    from publisher import sweep
+
+    recording.fail_next(LaunchError("rejected (401)", status=401, error_id="unauthorized", needs_operator=True))
+    builds.request_build("publish")
+    build = only_build()
+
+    def hang(self, **kwargs):
+        raise SystemExit  # the launching process died inside the launcher call
+
+    clock.advance(30)
+    with monkeypatch.context() as patched, pytest.raises(SystemExit):
+        patched.setattr(recording.RecordingLauncher, "launch", hang)
+        builds.launch_next()
+    assert launch_error_fields(build) == (401, "unauthorized", "", True), "launching does not clear it yet"
+    clock.advance(61)
+    sweep.sweep()  # stuck in launching: queued again
+    assert launch_error_fields(build) == (None, "", "", False)
+    assert build.state == S.QUEUED and "stuck" in build.error.lower()
+
+
+def test_a_fast_child_that_claims_first_clears_the_last_launch_failure(clock, monkeypatch):
+    recording.fail_next(LaunchError("down (503)", status=503, error_id="unavailable"))
+    builds.request_build("publish")
+    build = only_build()
+    original = recording.RecordingLauncher.launch
+
+    def launch_and_claim_at_once(self, *, build_id, token):
+        handle = original(self, build_id=build_id, token=token)
+        builds.claim(build_id, token)
+        return handle
+
+    monkeypatch.setattr(recording.RecordingLauncher, "launch", launch_and_claim_at_once)
+    clock.advance(30)
+    builds.launch_next()
+    assert launch_error_fields(build) == (None, "", "", False) and build.state == S.RUNNING
+
+
+def test_a_handed_over_build_keeps_the_structured_failure(monkeypatch):
+    builds.request_build("first")
+    first = only_build()
+
+    def fail_after_a_queued_build_appeared(self, **kwargs):
+        Build.objects.create(state=S.QUEUED, next_attempt_at=builds.now())
+        raise LaunchError("no such app (404)", status=404, error_id="not_found", request_id="r-9", needs_operator=True)
+
+    Build.objects.filter(pk=first.pk).update(state=S.QUEUED, launch_token="")
+    monkeypatch.setattr(recording.RecordingLauncher, "launch", fail_after_a_queued_build_appeared)
+    builds.launch(first.pk)
+    assert launch_error_fields(first) == (404, "not_found", "r-9", True) and first.state == S.FAILED
+
+
 def test_backoff_doubles_up_to_the_maximum(settings):
     settings.PUBLISHER = {**settings.PUBLISHER, "BUILD_RETRY_BASE": 30, "BUILD_RETRY_MAX": 200}
     assert [builds.backoff(n) for n in range(1, 6)] == [30, 60, 120, 200, 200]
