@@ -3,13 +3,14 @@
 import shlex
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from settings import env
 
-from .conftest import PROJECT_ROOT, free_port
+from .conftest import PROJECT_ROOT, free_port, wait_for
 
 BAD = [
     ("BUILD_TIMEOUT", "1h", "whole number"),
@@ -112,3 +113,41 @@ def test_admins_are_checked_and_become_pairs(monkeypatch):
     monkeypatch.setenv("ADMINS", "ops@example.com, Ops")
     with pytest.raises(env.ConfigurationError, match="ADMINS"):
         env.emails("ADMINS")
+
+
+@pytest.mark.slow
+def test_the_web_process_logs_check_errors_with_hints_and_keeps_serving_the_admin(tmp_path, children):
+    """A broken Heroku configuration (no key, no app) is logged at ERROR with each hint when gunicorn starts, once,
+    in the master (``--preload``), and the admin still answers: editors keep working while the banner says why."""
+    port = free_port()
+    log = tmp_path / "web.log"
+    environment = {
+        "PATH": f"{PROJECT_ROOT / '.venv' / 'bin'}:/usr/bin:/bin",
+        "DJANGO_SETTINGS_MODULE": "settings.settings",
+        "VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "SECRET_KEY": "k",
+        "DEBUG": "1",  # static files without collectstatic
+        "PORT": str(port),
+        "LAUNCHER": "heroku",
+        "WEB_CONCURRENCY": "2",
+    }
+    with log.open("w") as output:
+        web = children.start(procfile_command("web"), env=environment, stdout=output, stderr=subprocess.STDOUT)
+
+    def login_page():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=2) as response:
+                return response.status, response.read().decode()
+        except OSError:
+            assert web.poll() is None, log.read_text()
+            return None
+
+    status, page = wait_for(login_page, timeout=30, interval=0.2, message="gunicorn to serve the admin")
+    assert status == 200 and 'name="username"' in page
+    lines = log.read_text().splitlines()
+    errors = [line for line in lines if " ERROR publisher.health: " in line]
+    assert any("publisher.E010" in line and "Hint: Set HEROKU_API_KEY." in line for line in errors), lines
+    assert any("publisher.E011" in line and "Hint: Set HEROKU_APP_NAME" in line for line in errors), lines
+    assert any("2 configuration error(s)" in line for line in errors)
+    assert len([line for line in lines if "publisher.E010" in line]) == 1  # once, not once per worker
