@@ -165,7 +165,7 @@ def test_the_page_shows_what_happened_to_the_stop(admin_client, clock):
     build = Build.objects.create(state=S.CANCELLED, cancelled_by="alice", error="Cancelled by alice")
     Build.objects.filter(pk=build.pk).update(stop_requested_at=clock.now, stop_error="Heroku answered 503")
     html = admin_client.get(change_url(build)).content.decode()
-    assert 'id="publisher-stop"' in html
+    assert 'id="publisher-stop"' in html and "Launch failure" not in html, "no launch failure to show"
     assert "Cancelled by alice, but its process could not be stopped: Heroku answered 503" in html
     Build.objects.filter(pk=build.pk).update(stop_error="", stopped_at=clock.now)
     html = admin_client.get(change_url(build)).content.decode()

@@ -13,7 +13,7 @@ from publisher.destinations import DestinationError
 from publisher.launchers import recording
 from publisher.models import Build, BuildRequest, BuildState, Page, SweepStatus
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 S = BuildState
 STATUS_URL = "/admin/publisher/status.json"
 

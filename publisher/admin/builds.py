@@ -122,6 +122,19 @@ class BuildAdmin(admin.ModelAdmin):
     fieldsets = FIELDSETS
     readonly_fields = [name for _, options in FIELDSETS for group in options["fields"] for name in _names(group)]
 
+    def get_fieldsets(self, request, obj=None):
+        """The launch failure, cancel and release groups only when the build has something to say in them."""
+        if obj is None:
+            return self.fieldsets
+        shown = {
+            "Launch failure": bool(
+                obj.error_status or obj.error_id or obj.error_request_id or obj.needs_operator or obj.attempt > 1
+            ),
+            "Cancel": bool(obj.state == BuildState.CANCELLED or obj.cancelled_by or obj.stop_requested_at),
+            "Release": bool(obj.release or obj.published),
+        }
+        return [(name, options) for name, options in self.fieldsets if shown.get(name, True)]
+
     # --- The rows ------------------------------------------------------------------------------------------------
 
     def get_queryset(self, request):
@@ -173,7 +186,7 @@ class BuildAdmin(admin.ModelAdmin):
         return format_html_join(
             "",
             '<span class="publisher-small">{} {}</span>',
-            ((label, f"{moment:%Y-%m-%d %H:%M:%S}") for label, moment in rows if moment),
+            ((label, f"{moment:%d %b %H:%M:%S}") for label, moment in rows if moment),
         )
 
     @admin.display(description="duration")

@@ -9,6 +9,7 @@
   }
   var timer = null;
   var lastKey = null;
+  var lastHtml = null;
 
   function key(status) {
     var a = status.active, q = status.queued;
@@ -62,7 +63,10 @@
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (status) {
         if (!status) { return; }
-        banner.innerHTML = status.banner_html;
+        if (status.banner_html !== lastHtml) {  // unchanged: leave it, so screen readers are not told again
+          banner.innerHTML = status.banner_html;
+          lastHtml = status.banner_html;
+        }
         var k = key(status);
         if ((status.open || lastKey !== null) && k !== lastKey) { refreshList(); }
         lastKey = k;
