@@ -29,6 +29,11 @@ def test_it_says_which_build_publishing_the_demo_pages_launched(dev, recording_l
     output = devsetup()
     build = Build.objects.get()
     assert Page.objects.count() == 3 and BuildRequest.objects.count() == 1
+    assert sorted(Page.objects.in_live_state("live").values_list("live_slug", flat=True)) == [
+        "about",
+        "contact",
+        "welcome",
+    ], "the demo pages are live, not drafts: the build shows them"
     assert len(recording_launcher.launches) == 1  # the build is launched already
     assert f"publishing them requested build #{build.pk}." in output
     assert f"Build #{build.pk} has started" in output and "recorded launch" in output  # what the build system said
@@ -53,3 +58,15 @@ def test_when_the_pages_exist_it_claims_no_build(dev):
     assert "requested build" not in output and "appears at" not in output
     assert "Demo pages exist already; nothing was published" in output
     assert "http://127.0.0.1:8001/admin/publisher/build/" in output
+
+
+def test_the_build_it_requested_puts_the_demo_pages_on_the_site(dev, recording_launcher, site_root):
+    from publisher import builds, runner
+
+    devsetup()
+    launch = recording_launcher.launches[-1]
+    runner.run(builds.claim(launch["build_id"], launch["token"]))
+    assert Build.objects.get().state == "succeeded"
+    assert "Welcome" in (site_root / "current" / "welcome" / "index.html").read_text()
+    index = (site_root / "current" / "index.html").read_text()
+    assert all(title in index for title in ("Welcome", "About us", "Contact"))
