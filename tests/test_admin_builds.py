@@ -351,3 +351,21 @@ def test_roll_back_from_the_build_page(client, django_user_model, admin_client, 
     assert f"The site is back on build #{first.pk}&#x27;s release {first.release}." in html
     assert f"Live: release <code>{first.release}</code>" in html, "the banner follows at once"
     assert 'id="publisher-rollback"' not in html
+
+
+def test_a_build_run_by_hand_in_a_dyno_names_the_configured_app(admin_client, settings):
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "LAUNCHERS": {
+            "heroku": {
+                "BACKEND": "publisher.launchers.heroku.HerokuLauncher",
+                "OPTIONS": {"API_KEY": "key-never-shown", "APP_NAME": "news-site"},
+            }
+        },
+    }
+    build = Build.objects.create(
+        state=S.RUNNING, manual=True, launcher="manual", handle={"host": "x", "pid": 4, "dyno": "run.77"}
+    )
+    html = admin_client.get(change_url(build)).content.decode()
+    assert "heroku logs --app news-site --dyno run.77 --tail" in html
+    assert "key-never-shown" not in html

@@ -433,7 +433,7 @@ def log_for(build):
     dyno = handle.get("dyno_name") or handle.get("dyno")
     if dyno or build.launcher == "heroku":
         dyno = dyno or "run"
-        app = handle.get("app") or "APP"
+        app = handle.get("app") or _heroku_app() or "APP"
         return {"kind": "heroku", "dyno": dyno, "command": f"heroku logs --app {app} --dyno {dyno} --tail"}
     log_path = log_file(build.pk)
     token = Build.objects.filter(pk=build.pk).values_list("launch_token", flat=True).first()
@@ -452,6 +452,17 @@ def log_for(build):
         lines = lines[1:]  # the first line read is probably cut
     text = "\n".join(lines[-LOG_LINES:])
     return {"kind": "file", "path": str(log_path), "exists": True, "text": redact(text, [token])}
+
+
+def _heroku_app():
+    """The app of the configured Heroku launcher, for a build whose handle does not name it (one run by hand in a
+    dyno); ``None`` when no Heroku launcher is configured."""
+    from ..launchers import get_launcher
+
+    try:
+        return getattr(get_launcher("heroku"), "app_name", None)
+    except ImproperlyConfigured:
+        return None
 
 
 def log_file(build_id):
