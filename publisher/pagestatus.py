@@ -59,7 +59,7 @@ def publish_statuses(pages):
     pages = [page for page in pages if page.pk is not None]
     published = [page.published_at for page in pages if page.published_at is not None]
     if not published:
-        return {page.pk: _never_published() for page in pages}
+        return {page.pk: _without_a_time(page) for page in pages}
     went_live = list(
         Build.objects.filter(WENT_LIVE, state=S.SUCCEEDED, started_at__gte=min(published))
         .order_by("started_at", "pk")
@@ -72,7 +72,7 @@ def publish_statuses(pages):
     statuses = {}
     for page in pages:
         if page.published_at is None:
-            statuses[page.pk] = _never_published()
+            statuses[page.pk] = _without_a_time(page)
             continue
         first = bisect.bisect_left(starts, page.published_at)
         if first < len(went_live):
@@ -84,14 +84,17 @@ def publish_statuses(pages):
 
 def _builds_for_uncovered(since):
     """The open builds, and those that started at or after ``since`` and ended without going live."""
-    fields = ("pk", "state", "started_at", "next_attempt_at", "attempt", "error", "pages_done", "pages_total")
+    fields = ("pk", "state", "started_at", "next_attempt_at", "error", "pages_done", "pages_total")
     open_builds = Build.objects.filter(state__in=OPEN_STATES)
     ended = Build.objects.filter(state__in=tuple(ENDED_BADLY), started_at__gte=since)
     return list((open_builds | ended).values(*fields).order_by("-pk"))
 
 
-def _never_published():
-    return PageStatus(StatusKind.DRAFT, "not published yet")
+def _without_a_time(page):
+    """Never published; or live since before publish times were kept (nothing to compare builds with)."""
+    return (
+        PageStatus(StatusKind.LIVE, "live") if page.is_published else PageStatus(StatusKind.DRAFT, "not published yet")
+    )
 
 
 def _on_the_site(page, build, clock):
@@ -109,21 +112,14 @@ def _not_yet(page, builds, clock):
     running = active if active and active["state"] == S.RUNNING and active["started_at"] >= moment else None
     # The build that will read it: the active one if it has not read content yet, else the queued one.
     upcoming = active if active and active["state"] != S.RUNNING else queued
+    # The latest build that read it and ended without going live (builds are newest first).
     ended = next((b for b in builds if b["state"] in ENDED_BADLY and b["started_at"] >= moment), None)
-    if ended and running and running["pk"] > ended["pk"]:
-        ended = None  # a later build is reading it again
-
-    def once(build):  # "live once build #14 finishes", "off the site once ..."
-        goal = "live" if page.is_published else "off the site"
-        return f"{goal} once build #{build['pk']} finishes"
-
     taken_down = "" if page.is_published else "taken down; "
     if running:
-        progress = percent(running)
+        progress = f" ({percent(running)})" if percent(running) else ""
         if page.is_published:
-            words = f"building in #{running['pk']}" + (f" ({progress})" if progress else "")
-        else:
-            words = f"taken down; {once(running)}" + (f" ({progress})" if progress else "")
+            return PageStatus(StatusKind.BUILDING, f"building in #{running['pk']}{progress}", running["pk"])
+        words = f"taken down; off the site once build #{running['pk']} finishes{progress}"
         return PageStatus(StatusKind.BUILDING, words, running["pk"])
     if ended:
         what = f"{taken_down}build #{ended['pk']} {ENDED_BADLY[S(ended['state'])]}"
@@ -144,11 +140,14 @@ def _not_yet(page, builds, clock):
         )
     if page.is_published:
         return PageStatus(StatusKind.WAITING, f"waiting for build #{upcoming['pk']}", upcoming["pk"])
-    return PageStatus(StatusKind.WAITING, f"taken down; {once(upcoming)}", upcoming["pk"])
+    return PageStatus(
+        StatusKind.WAITING, f"taken down; off the site once build #{upcoming['pk']} finishes", upcoming["pk"]
+    )
 
 
 def retry(build, clock, *, same=False):
-    """ "will be retried at 14:10" (a queued build that waits out a backoff), or "retrying in build #14"."""
+    """When it is tried again: "will be retried at 14:10" (a queued build waiting out a backoff), or "retrying in
+    build #14" ("being retried", of the build itself) when that is now."""
     due = build["next_attempt_at"]
     if build["state"] == S.QUEUED and due is not None and due > clock.now:
         return f"will be retried at {clock.time(due)}"
@@ -156,7 +155,7 @@ def retry(build, clock, *, same=False):
 
 
 def percent(build):
-    """ "62 %" of a running build's pages, or "" while it does not know how many."""
+    """The share of a running build's pages done ("62 %"), or "" while it does not know how many."""
     if not build["pages_total"]:
         return ""
     return f"{100 * (build['pages_done'] or 0) // build['pages_total']} %"

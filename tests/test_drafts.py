@@ -84,6 +84,7 @@ def test_saving_a_live_page_keeps_the_live_version(sent):
     assert stored.live_state == LiveState.CHANGED
 
 
+@pytest.mark.postgres
 def test_a_stale_instance_saved_after_a_publish_does_not_undo_it():
     """save() writes no live field, so an editor's older copy of the page cannot put back what was live before."""
     page = draft()
@@ -318,6 +319,7 @@ def test_signals_are_sent_inside_the_content_transaction():
 # --- Live state: the instance and the database say the same ----------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_live_state_of_instances_and_in_sql():
     draft("never")
     live = draft("live")

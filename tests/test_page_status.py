@@ -93,11 +93,13 @@ def test_live_since_the_first_build_that_went_live_after_it(published, clock):
     assert str(got) == f"live since {hm(first.finished_at)} (release {first.release})"
 
 
+@pytest.mark.postgres
 def test_a_success_that_did_not_go_live_does_not_count(published, clock):
     build(S.SUCCEEDED, started=clock.now, finished=clock.now, went_live=False)
     assert status(published).kind == StatusKind.WAITING
 
 
+@pytest.mark.postgres
 def test_a_build_recorded_before_destinations_said_where_counts_by_its_release(published, clock):
     old = Build.objects.create(state=S.SUCCEEDED, started_at=clock.now, finished_at=clock.now, release="r1")
     assert status(published).build_id == old.pk and status(published).kind == StatusKind.LIVE
@@ -196,6 +198,7 @@ def test_times_are_in_the_admins_time_zone_and_say_the_day_when_not_today(publis
         assert hm(timezone.now()) != f"{timezone.now():%H:%M}"
 
 
+@pytest.mark.postgres
 def test_statuses_for_many_pages_in_two_queries(clock, django_assert_num_queries):
     pages = []
     for i in range(40):
