@@ -18,7 +18,7 @@ from publisher.launchers import LaunchError, recording
 from publisher.models import Build, BuildState
 from publisher.signals import build_finished
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 S = BuildState
 
 
