@@ -841,9 +841,9 @@ def after_cancel(build_id):
     """The second step of a cancel, outside the operator's request: stop the process of a build that was active
     (``stop_cancelled``), send ``build_finished`` for one that was queued, then launch the queued build if due.
     Returns the Outcome of the launch, or ``None``."""
-    build = Build.objects.filter(pk=build_id, state=S.CANCELLED).values("stop_requested_at", "error").first()
+    build = Build.objects.filter(pk=build_id, state=S.CANCELLED).values("stop_requested_at", "cancelled_by").first()
     if build is not None and build["stop_requested_at"] is None:
-        _announce(build_id, Outcome("cancelled", f"Build #{build_id} {build['error'].lower()}", build_id, ok=False))
+        _announce(build_id, Outcome("cancelled", _cancelled_words(build_id, build), build_id, ok=False))
     elif build is not None:
         stop_cancelled(build_id)
     after = launch_next()
@@ -860,7 +860,7 @@ def stop_cancelled(build_id):
     pending = Build.objects.filter(
         pk=build_id, state=S.CANCELLED, stop_requested_at__isnull=False, stopped_at__isnull=True, stop_error=""
     )
-    build = pending.values("handle", "launcher", "manual", "error").first()
+    build = pending.values("handle", "launcher", "manual", "cancelled_by").first()
     if build is None:
         return None
     if not build["handle"]:
@@ -870,12 +870,16 @@ def stop_cancelled(build_id):
         recorded = pending.update(stopped_at=now())
     else:
         recorded = pending.update(stop_error=why_not[:2000])
-    said = f"Build #{build_id} {build['error'].lower()}"
+    said = _cancelled_words(build_id, build)
     outcome = Outcome("cancelled", said, build_id, ok=False, detail=why_not or "its process was stopped")
     if not recorded:
         return None
     _announce(build_id, outcome)
     return outcome
+
+
+def _cancelled_words(build_id, build):
+    return f"Build #{build_id} was cancelled" + (f" by {build['cancelled_by']}" if build["cancelled_by"] else "")
 
 
 def mark_lost(build_id, *, token, reason):
@@ -907,7 +911,8 @@ def time_out(build_id, *, token, timeout_seconds):
     else:
         Build.objects.filter(pk=build_id).update(stop_error=why_not[:2000])
     report_failure(build_id, f"Build #{build_id} was stopped: {error}. It is not retried automatically.")
-    outcome = Outcome("timeout", f"Build #{build_id} timed out and was stopped", build_id, ok=False)
+    said = " and was stopped" if why_not is None else f"; {why_not}"
+    outcome = Outcome("timeout", f"Build #{build_id} timed out{said}", build_id, ok=False)
     _announce(build_id, outcome)
     return outcome
 

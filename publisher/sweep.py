@@ -112,7 +112,7 @@ def _finish_cancel(pk):
     outcome = builds.stop_cancelled(pk)
     if outcome is None:
         return None
-    return f"Build #{pk} was cancelled and its process not yet stopped: {outcome.detail}"
+    return f"Build #{pk}: the stop its cancel asked for had not happened: {outcome.detail}"
 
 
 def _reconcile():

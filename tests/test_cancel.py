@@ -103,8 +103,8 @@ def test_a_cancel_whose_second_step_never_ran_is_finished_by_the_sweep(clock, mo
     done = sweep.sweep()
     build = Build.objects.get(pk=claim.build_id)
     assert recording.stops == [build.handle] and build.stopped_at == clock.now
-    assert f"Build #{claim.build_id} was cancelled and its process not yet stopped: its process was stopped" in str(
-        done
+    assert f"Build #{claim.build_id}: the stop its cancel asked for had not happened: its process was stopped" in (
+        str(done)
     )
     assert Build.objects.get(pk=queued).state == S.LAUNCHED
     assert finished == [(claim.build_id, S.CANCELLED, "cancelled", True, "")]

@@ -264,6 +264,25 @@ def test_a_build_running_past_the_timeout_is_stopped_failed_and_reported(clock):
     assert not BuildRequest.objects.filter(retry_of=ended).exists()
 
 
+def test_a_timed_out_build_whose_process_cannot_be_stopped_says_so(clock):
+    c = running(clock)
+    clock.advance(10_801)
+    recording.fail_next(LaunchError("Heroku did not answer in time (ReadTimeout)"), on="stop")
+    done = sweep.sweep()
+    ended = Build.objects.get(pk=c.build_id)
+    assert ended.state == S.FAILED and ended.stopped_at is None
+    assert ended.stop_error == "its process could not be stopped: Heroku did not answer in time (ReadTimeout)"
+    assert f"Build #{c.build_id} timed out; its process could not be stopped" in str(done)
+
+
+def test_a_timed_out_build_records_when_its_process_was_stopped(clock):
+    c = running(clock)
+    clock.advance(10_801)
+    sweep.sweep()
+    ended = Build.objects.get(pk=c.build_id)
+    assert ended.stopped_at == clock.now and ended.stop_error == "" and recording.stops == [ended.handle]
+
+
 # --- 8: retries back off and stop ------------------------------------------------------------------------------------
 
 
