@@ -24,7 +24,7 @@ E005 = "publisher.E005"  # BUILD_LOST_AFTER leaves no room for a missed heartbea
 E006 = "publisher.E006"  # BUILD_STALL_AFTER is shorter than BUILD_LOST_AFTER
 E007 = "publisher.E007"  # BUILD_LAUNCH_TIMEOUT or BUILD_START_TIMEOUT is not shorter than BUILD_TIMEOUT
 E030 = "publisher.E030"  # the destination cannot be loaded
-E040 = "publisher.E040"  # the local launcher on a Heroku dyno: builds would run in the web dyno
+E040 = "publisher.E040"  # the local launcher on a Heroku web/worker dyno: builds would run inside it
 E041 = "publisher.E041"  # SITE_ROOT cannot be written (local destination)
 W040 = "publisher.W040"  # the sweep's schedule is missing
 W041 = "publisher.W041"  # ADMINS is empty with DEBUG off: nobody gets failure reports
@@ -186,6 +186,12 @@ def check_destination(app_configs=None, **kwargs):
     )
 
 
+#: Heroku's one-off dynos (``heroku run``, and the dynos the Heroku launcher starts: ``run.4821``) are where builds
+#: themselves run; a build started by hand there needs no launcher. Every other dyno type is a long-lived process
+#: (``web.1``, ``worker.1``) or a short task whose exit would end a build it launched (``scheduler.1``).
+ONE_OFF_DYNO_TYPES = frozenset({"run"})
+
+
 @checks.register(TAG)
 def check_launcher_on_heroku(app_configs=None, **kwargs):
     """``LAUNCHER=local`` on a Heroku dyno: each build would run inside the web (or worker) dyno that launched it,
@@ -194,7 +200,7 @@ def check_launcher_on_heroku(app_configs=None, **kwargs):
     from .launchers.local import LocalLauncher
 
     config = _config()
-    if config is None or not config.DYNO:
+    if config is None or not config.DYNO or config.DYNO.partition(".")[0] in ONE_OFF_DYNO_TYPES:
         return []
     try:
         launcher = get_launcher()
@@ -204,8 +210,8 @@ def check_launcher_on_heroku(app_configs=None, **kwargs):
         return []
     return [
         checks.Error(
-            f"LAUNCHER is 'local' on the Heroku dyno {config.DYNO}: each build would run inside the dyno that "
-            "launched it (the web or worker dyno), share its memory, and die with it when the dyno restarts.",
+            f"LAUNCHER is 'local' on the Heroku dyno {config.DYNO}: each build would run inside this dyno, share "
+            "its memory, and die with it when the dyno restarts or exits.",
             hint="Set LAUNCHER=heroku with HEROKU_API_KEY and HEROKU_APP_NAME, so each build gets a one-off dyno.",
             id=E040,
         )
@@ -214,7 +220,8 @@ def check_launcher_on_heroku(app_configs=None, **kwargs):
 
 @checks.register(TAG)
 def check_site_root(app_configs=None, **kwargs):
-    """The local destination can create its folders and links under ``SITE_ROOT``."""
+    """The local destination can create ``SITE_ROOT`` or write in it. (What is inside, such as a damaged
+    ``releases`` folder, is the build's to report: it fails with the reason, recorded on the build.)"""
     from .destinations import get_destination
     from .destinations.local import LocalDestination
 
@@ -227,17 +234,16 @@ def check_site_root(app_configs=None, **kwargs):
     if not isinstance(destination, LocalDestination):
         return []
     root = Path(destination.site.root)
-    for folder in (root, root / "releases"):
-        problem = _not_writable(folder)
-        if problem:
-            return [
-                checks.Error(
-                    f"SITE_ROOT {root} cannot be written ({problem}): builds cannot store their releases.",
-                    hint="Make the folder writable by the user running the publisher, or set SITE_ROOT to one that is.",
-                    id=E041,
-                )
-            ]
-    return []
+    problem = _not_writable(root)
+    if problem is None:
+        return []
+    return [
+        checks.Error(
+            f"SITE_ROOT {root} cannot be written ({problem}): builds cannot store their releases.",
+            hint="Make the folder writable by the user running the publisher, or set SITE_ROOT to one that is.",
+            id=E041,
+        )
+    ]
 
 
 def _not_writable(folder):
