@@ -95,8 +95,3 @@ def log_configuration_problems():
             errors,
         )
     return errors
-
-
-def describe_message(message):
-    """A check message as one sentence with its hint, for people (the banner, the doctor)."""
-    return f"{message.msg} {message.hint}".strip() if message.hint else message.msg
