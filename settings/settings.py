@@ -41,6 +41,9 @@ CSRF_TRUSTED_ORIGINS = env.strings(
 )
 
 INSTALLED_APPS = [
+    # publisher first: its admin/base_site.html (the status banner) must win over the admin's own, and its qcluster
+    # command (publisher.worker.Cluster) over django-q2's.
+    "publisher",
     "publisher.apps.PublisherAdminConfig",  # django.contrib.admin with publisher.sites.PublisherAdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -48,8 +51,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
-    # publisher before django_q: its qcluster command (publisher.worker.Cluster) takes the place of django-q2's.
-    "publisher",
     "django_q",
 ]
 
