@@ -258,7 +258,6 @@ def test_the_log_needs_the_view_permission(client, django_user_model, log_dir):
 def test_the_launch_token_is_in_no_page_and_no_json(admin_client, log_dir):
     builds.request_build("x")
     build = Build.objects.get()
-    Build.objects.filter(pk=build.pk).update(error=f"Launch failed (was {build.launch_token[:4]}…)")
     token = build.launch_token
     urls = [
         CHANGELIST,

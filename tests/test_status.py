@@ -287,6 +287,15 @@ def test_a_handful_of_queries_whatever_the_history(swept, site_root, django_asse
     assert snap.active and snap.queued and snap.active.eta is not None
 
 
+def test_with_the_database_clock_and_nothing_open(site_root, django_assert_num_queries):
+    SweepStatus.objects.create(ran_at=builds.now())
+    with django_assert_num_queries(6):  # the clock, the open builds, the last build, two for failures, the sweep
+        status.snapshot()
+    builds.request_build("x")
+    with django_assert_num_queries(5):  # launched, not running: no ETA, no last build to look at
+        status.snapshot()
+
+
 def test_the_json_keys(clock, swept, site_root):
     running_build(clock, done=3, total=4)
     builds.request_build("queued")
