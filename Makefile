@@ -40,3 +40,10 @@ lint: $(BIN)/.installed
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Every benchmark in bench/ in turn, each figure beside its anchor (docs/performance.md). QUICK=1: small sizes and
+# fewer repeats, under 5 minutes. django-distill and django-bakery are bench-only extras (requirements-bench.txt).
+.PHONY: bench
+bench: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	$(BIN)/python bench/run_all.py $(if $(filter-out 0,$(QUICK)),--quick)

@@ -234,7 +234,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="per database, each on cleared tables")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="4 × 10 publishes, 1 round (make bench QUICK=1)")
     args = parser.parse_args()
+    if args.quick:  # smaller figures for `make bench QUICK=1`; options given explicitly win
+        for name, value in {"processes": 4, "publishes": 10, "rounds": 1}.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     benchlib.ensure_project_on_path()
     if args.worker:
         worker(args.processes, args.publishes, args.rounds, args.worker)

@@ -214,7 +214,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="100 publishes, 5 warm-up (make bench QUICK=1)")
     args = parser.parse_args()
+    if args.quick:  # smaller figures for `make bench QUICK=1`; options given explicitly win
+        for name, value in {"publishes": 100, "warmup": 5}.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     benchlib.ensure_project_on_path()
     if args.worker:
         worker(args.publishes, args.warmup)

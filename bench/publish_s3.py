@@ -87,7 +87,12 @@ def build(env):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="500 pages (make bench QUICK=1)")
     args = parser.parse_args()
+    if args.quick:  # smaller figures for `make bench QUICK=1`; options given explicitly win
+        for name, value in {"pages": 500}.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     benchlib.exit_cleanly_on_sigterm()
     os.environ.update(
         {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}

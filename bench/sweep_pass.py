@@ -682,7 +682,12 @@ def main():
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--worker", choices=DATASETS, help=argparse.SUPPRESS)
     parser.add_argument("--show-sql", metavar="SCENARIO", help="also print every statement one scenario ran")
+    parser.add_argument("--quick", action="store_true", help="2,000 builds, 3 timed passes (make bench QUICK=1)")
     args = parser.parse_args()
+    if args.quick:  # smaller figures for `make bench QUICK=1`; options given explicitly win
+        for name, value in {"builds": 2000, "repeat": 3, "prune_repeat": 1}.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     size = f"{args.builds // 1000}k" if args.builds >= 1000 else str(args.builds)
     DATASET_LABELS.update(history=size, old=f"{size}, 10% old")
     benchlib.ensure_project_on_path()
