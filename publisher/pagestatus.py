@@ -43,6 +43,8 @@ class PageStatus:
     kind: StatusKind
     message: str
     build_id: int | None = None
+    #: True while the status changes by itself (a build is waiting, running or about to be retried): worth polling.
+    moving: bool = False
 
     def __str__(self):
         return self.message
@@ -118,9 +120,11 @@ def _not_yet(page, builds, clock):
     if running:
         progress = f" ({percent(running)})" if percent(running) else ""
         if page.is_published:
-            return PageStatus(StatusKind.BUILDING, f"building in #{running['pk']}{progress}", running["pk"])
+            return PageStatus(
+                StatusKind.BUILDING, f"building in #{running['pk']}{progress}", running["pk"], moving=True
+            )
         words = f"taken down; off the site once build #{running['pk']} finishes{progress}"
-        return PageStatus(StatusKind.BUILDING, words, running["pk"])
+        return PageStatus(StatusKind.BUILDING, words, running["pk"], moving=True)
     if ended:
         what = f"{taken_down}build #{ended['pk']} {ENDED_BADLY[S(ended['state'])]}"
         if upcoming is None:
@@ -129,19 +133,23 @@ def _not_yet(page, builds, clock):
                 f"{what} and is not retried automatically — publish again, or ask an operator",
                 ended["pk"],
             )
-        return PageStatus(StatusKind.FAILED, f"{what} — {retry(upcoming, clock)}", ended["pk"])
+        return PageStatus(StatusKind.FAILED, f"{what} — {retry(upcoming, clock)}", ended["pk"], moving=True)
     if upcoming is None:
-        return PageStatus(StatusKind.WAITING, f"{taken_down}waiting for the next build")
+        return PageStatus(StatusKind.WAITING, f"{taken_down}waiting for the next build", moving=True)
     if upcoming["state"] == S.QUEUED and upcoming["error"]:  # its launch failed: it goes back to the queue
         return PageStatus(
             StatusKind.FAILED,
             f"{taken_down}build #{upcoming['pk']} could not start — {retry(upcoming, clock, same=True)}",
             upcoming["pk"],
+            moving=True,
         )
     if page.is_published:
-        return PageStatus(StatusKind.WAITING, f"waiting for build #{upcoming['pk']}", upcoming["pk"])
+        return PageStatus(StatusKind.WAITING, f"waiting for build #{upcoming['pk']}", upcoming["pk"], moving=True)
     return PageStatus(
-        StatusKind.WAITING, f"taken down; off the site once build #{upcoming['pk']} finishes", upcoming["pk"]
+        StatusKind.WAITING,
+        f"taken down; off the site once build #{upcoming['pk']} finishes",
+        upcoming["pk"],
+        moving=True,
     )
 
 

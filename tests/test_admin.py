@@ -288,6 +288,7 @@ def test_live_page_form_has_the_status_the_hint_and_the_site_link(admin_client):
     live_html = admin_client.get(change_url(live)).content.decode()
     assert 'id="live-hint"' in live_html and "Saving keeps your changes as a draft" in live_html
     assert "<strong>Live.</strong> Last publish:" in live_html
+    assert "Live version changed:" in live_html and "Published at" not in live_html
     assert "http://127.0.0.1:8000/site/alpha/" in live_html
     draft_html = admin_client.get(change_url(drafted)).content.decode()
     assert 'id="live-hint"' not in draft_html and "/site/beta/" not in draft_html

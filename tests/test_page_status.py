@@ -223,3 +223,34 @@ def test_no_query_when_nothing_was_ever_published(django_assert_num_queries):
     page.save()
     with django_assert_num_queries(0):
         assert publish_statuses([page, Page(slug="unsaved", title="U")]) == {page.pk: publish_status(page)}
+
+
+# --- In a real browser: the form's status line follows the build without a reload -----------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_status_line_follows_the_build_in_a_browser(web, editor, browser_page, tmp_path):
+    from .browser import log_in, shot
+
+    page = browser_page
+    log_in(page, web)
+    page.goto(f"{web}/admin/publisher/page/add/")
+    page.fill("#id_title", "Followed")
+    page.fill("#id_slug", "followed")
+    page.fill("#id_body", "Watch me go live.")
+    page.click("#save-draft-button")
+    assert page.locator("#page-status-words").inner_text() == "not published yet"
+    assert Page.objects.get(slug="followed").live_slug is None, "a saved draft is not live"
+    page.click("#publish-button")
+    first = page.locator("#page-status-words").inner_text()
+    assert first.startswith(("waiting for build #", "building in #", "live since")), first
+    page.fill("#id_body", "Typing while it builds.")  # the status line changes; the field keeps what was typed
+    page.wait_for_function(
+        "document.getElementById('page-status-words').textContent.startsWith('live since')", timeout=60_000
+    )
+    build = Build.objects.get(state=S.SUCCEEDED)
+    assert page.locator("#page-status-words").inner_text().endswith(f"(release {build.release})")
+    assert page.locator("#id_body").input_value() == "Typing while it builds."
+    shot(page, tmp_path, "status-followed-the-build")

@@ -16,6 +16,8 @@ from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
@@ -88,8 +90,8 @@ class PageAdmin(admin.ModelAdmin):
     list_display = ["title", "slug", "live_state", "last_publish", "updated_at", "live_link"]
     list_filter = [LiveStateFilter, "updated_at"]
     search_fields = ["title", "slug", "body"]
-    readonly_fields = ["live_state", "published_at", "changes", "live_link", "created_at", "updated_at"]
-    fields = ["title", "slug", "body", "live_state", "changes", "published_at", "live_link", "created_at", "updated_at"]
+    readonly_fields = ["live_state", "changes", "live_changed_at", "live_link", "created_at", "updated_at"]
+    fields = ["title", "slug", "body", *readonly_fields]
     actions = ["publish_selected", "unpublish_selected", "delete_selected"]
 
     def get_queryset(self, request):
@@ -132,6 +134,11 @@ class PageAdmin(admin.ModelAdmin):
         return format_html(
             '<pre class="page-diff">{}{}</pre>', format_html_join("\n", '<span class="{}">{}</span>', kinds), more
         )
+
+    @admin.display(description="live version changed")
+    def live_changed_at(self, page):
+        """``published_at``: when the page was last published, its changes published, or it was taken down."""
+        return date_format(timezone.localtime(page.published_at), "DATETIME_FORMAT") if page.published_at else "—"
 
     @admin.display(description="on the site")
     def live_link(self, page):
