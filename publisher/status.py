@@ -86,7 +86,9 @@ class ActiveBuild:
 
     @property
     def eta_words(self):
-        return words(self.eta) if self.eta is not None else ""
+        if self.eta is None:
+            return ""
+        return "a few seconds" if self.eta < 5 else words(self.eta)
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,10 @@ def snapshot():
     queued = next((b for b in open_builds if b.state == S.QUEUED), None)
     active = next((b for b in open_builds if b.state != S.QUEUED), None)
     warnings = []
-    active_view = _active(active, at, config, warnings) if active else None
+    active_view = None
+    if active is not None:
+        active_view = _active(active, at)
+        warnings.extend(_running_warnings(active, at, config))
     queued_view = None
     if queued is not None:
         queued_view = QueuedBuild(queued.pk, queued.request_count, queued.attempt, queued.next_attempt_at)
@@ -209,33 +214,11 @@ def snapshot():
     return Snapshot(at=at, active=active_view, queued=queued_view, live=live, warnings=warnings)
 
 
-def _active(build, at, config, warnings):
+def _active(build, at):
     since = build.started_at or build.launched_at
     elapsed = _seconds(at - since) if since else None
     done, total = build.pages_done, build.pages_total
     percent = min(100, done * 100 // total) if total and done is not None else None
-    if build.state == S.RUNNING:
-        heard = build.heartbeat_at or build.started_at
-        progressed = build.progress_at or build.started_at
-        if heard and _seconds(at - heard) >= config.BUILD_LOST_AFTER:
-            warnings.append(
-                StatusWarning(
-                    WarningKind.NOT_HEARD_FROM,
-                    f"Build #{build.pk} has not been heard from since {_clock(heard)} ({words(at - heard)} ago).",
-                    "The sweep asks its launcher whether it still runs and marks it lost if it is gone.",
-                    build.pk,
-                )
-            )
-        elif progressed and _seconds(at - progressed) >= config.BUILD_STALL_AFTER:
-            warnings.append(
-                StatusWarning(
-                    WarningKind.STALLED,
-                    f"Build #{build.pk} is stalled: no page done since {_clock(progressed)} "
-                    f"({words(at - progressed)} ago).",
-                    "Look at the build's log; cancel it if it does not move.",
-                    build.pk,
-                )
-            )
     return ActiveBuild(
         id=build.pk,
         state=build.state,
@@ -249,6 +232,35 @@ def _active(build, at, config, warnings):
         heartbeat_at=build.heartbeat_at,
         requests=build.request_count,
     )
+
+
+def _running_warnings(build, at, config):
+    """A running build not heard from for ``BUILD_LOST_AFTER``, or whose pages have not moved for
+    ``BUILD_STALL_AFTER``."""
+    if build.state != S.RUNNING:
+        return []
+    heard = build.heartbeat_at or build.started_at
+    progressed = build.progress_at or build.started_at
+    if heard and _seconds(at - heard) >= config.BUILD_LOST_AFTER:
+        return [
+            StatusWarning(
+                WarningKind.NOT_HEARD_FROM,
+                f"Build #{build.pk} has not been heard from since {_clock(heard)} ({words(at - heard)} ago).",
+                "The sweep asks its launcher whether it still runs and marks it lost if it is gone.",
+                build.pk,
+            )
+        ]
+    if progressed and _seconds(at - progressed) >= config.BUILD_STALL_AFTER:
+        return [
+            StatusWarning(
+                WarningKind.STALLED,
+                f"Build #{build.pk} is stalled: no page done since {_clock(progressed)} "
+                f"({words(at - progressed)} ago).",
+                "Look at the build's log; cancel it if it does not move.",
+                build.pk,
+            )
+        ]
+    return []
 
 
 def eta(build, elapsed):
