@@ -225,6 +225,23 @@ def test_no_query_when_nothing_was_ever_published(django_assert_num_queries):
         assert publish_statuses([page, Page(slug="unsaved", title="U")]) == {page.pk: publish_status(page)}
 
 
+def test_only_statuses_that_change_by_themselves_are_moving(published, clock):
+    """The form polls while ``moving``: a build waiting, running or about to be retried; not once settled."""
+    assert status(published).moving  # waiting for the next build
+    queued = build(S.QUEUED)
+    assert status(published).moving
+    Build.objects.filter(pk=queued.pk).delete()
+    failed = build(S.FAILED, started=clock.now, finished=clock.now)
+    assert not status(published).moving, "failed and not retried: nothing will change by itself"
+    build(S.QUEUED, next_attempt_at=timezone.now() + timedelta(minutes=1))
+    assert status(published).moving
+    Build.objects.filter(pk=failed.pk).update(state=S.SUCCEEDED, release="r", published={"went_live": True})
+    assert status(published).kind == StatusKind.LIVE and not status(published).moving
+    drafted = Page(slug="d", title="D")
+    drafted.save()
+    assert not status(drafted).moving
+
+
 # --- In a real browser: the form's status line follows the build without a reload -----------------------------
 
 
