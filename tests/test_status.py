@@ -90,6 +90,13 @@ def test_eta_from_the_median_pages_per_second_of_recent_successes(clock, swept, 
     assert active.eta_words == "30 s"
 
 
+def test_an_eta_under_five_seconds_reads_a_few_seconds(clock, swept, site_root):
+    past_success(clock, seconds=100, pages=1000)  # 10 pages/s
+    running_build(clock, done=970, total=1000)
+    active = status.snapshot().active
+    assert (active.eta, active.eta_words) == (3, "a few seconds")
+
+
 def test_eta_from_the_median_duration_when_the_page_count_is_not_known_yet(clock, swept, site_root):
     for seconds in (100, 200, 300):
         past_success(clock, seconds=seconds, pages=10)
