@@ -189,8 +189,9 @@ def snapshot():
     warnings = []
     active_view = None
     if active is not None:
-        active_view = _active(active, at)
-        warnings.extend(_running_warnings(active, at, config))
+        running_warnings = _running_warnings(active, at, config)
+        active_view = _active(active, at, predict=not running_warnings)
+        warnings.extend(running_warnings)
     queued_view = None
     if queued is not None:
         queued_view = QueuedBuild(queued.pk, queued.request_count, queued.attempt, queued.next_attempt_at)
@@ -214,7 +215,9 @@ def snapshot():
     return Snapshot(at=at, active=active_view, queued=queued_view, live=live, warnings=warnings)
 
 
-def _active(build, at):
+def _active(build, at, *, predict=True):
+    """The active build in the snapshot's terms; no ETA (``predict``) for a build that is not heard from or
+    stalled: its past speed says nothing about when it ends."""
     since = build.started_at or build.launched_at
     elapsed = _seconds(at - since) if since else None
     done, total = build.pages_done, build.pages_total
@@ -227,7 +230,7 @@ def _active(build, at):
         percent=percent,
         started_at=build.started_at,
         elapsed=elapsed,
-        eta=eta(build, elapsed),
+        eta=eta(build, elapsed) if predict else None,
         where=where(build),
         heartbeat_at=build.heartbeat_at,
         requests=build.request_count,

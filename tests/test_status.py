@@ -220,6 +220,8 @@ def test_a_build_not_heard_from_says_so_rather_than_a_frozen_count(clock, swept,
     (warning,) = status.snapshot().warnings
     assert warning.kind == status.WarningKind.NOT_HEARD_FROM and warning.build_id == build.pk
     assert f"Build #{build.pk} has not been heard from since" in warning.message and "2 min ago" in warning.message
+    past_success(clock, seconds=10, pages=10)
+    assert status.snapshot().active.eta is None, "no ETA for a build that may be gone"
 
 
 def test_configuration_problems_with_their_hints(clock, swept, site_root, monkeypatch):
