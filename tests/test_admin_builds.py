@@ -18,13 +18,7 @@ REBUILD = reverse("admin:publisher_build_rebuild")
 
 
 @pytest.fixture(autouse=True)
-def admin_templates_first(settings):
-    """The publisher's ``admin/base_site.html`` (the banner) before Django's, as settings.py is to order them (see
-    ``tests/test_admin_site.py::test_publishers_admin_templates_come_before_djangos``)."""
-    from django.template.loader import get_template
-
-    if not get_template("admin/base_site.html").origin.name.endswith("publisher/templates/admin/base_site.html"):
-        settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [settings.BASE_DIR / "publisher" / "templates"]}]
+def fresh_live_cache():
     status.forget_live_site()
 
 

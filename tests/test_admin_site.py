@@ -44,21 +44,17 @@ def test_publishers_admin_templates_come_before_djangos():
 
 
 @pytest.fixture
-def banner_templates(settings):
-    """As settings.py orders templates once the publisher's come first (the test above)."""
-    from django.template.loader import get_template
-
+def fresh_live_cache():
+    """A fresh live-pointer cache for the banner."""
     from publisher import status
 
-    if not get_template("admin/base_site.html").origin.name.endswith("publisher/templates/admin/base_site.html"):
-        settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [settings.BASE_DIR / "publisher" / "templates"]}]
     status.forget_live_site()
 
 
 BANNER = 'id="publisher-status"'
 
 
-def test_the_banner_is_on_the_index_the_pages_and_the_builds(admin_client, banner_templates, site_root):
+def test_the_banner_is_on_the_index_the_pages_and_the_builds(admin_client, fresh_live_cache, site_root):
     from publisher import builds
     from publisher.models import Build, Page
 
@@ -82,7 +78,7 @@ def test_the_banner_is_on_the_index_the_pages_and_the_builds(admin_client, banne
 
 
 def test_no_banner_on_the_login_page_nor_for_staff_who_cannot_view_builds(
-    client, django_user_model, banner_templates, site_root
+    client, django_user_model, fresh_live_cache, site_root
 ):
     from django.contrib.auth.models import Permission
 
@@ -98,7 +94,7 @@ def test_no_banner_on_the_login_page_nor_for_staff_who_cannot_view_builds(
     assert BANNER in client.get(reverse("admin:publisher_page_changelist")).content.decode()
 
 
-def test_a_broken_status_does_not_break_the_admin(admin_client, banner_templates, monkeypatch, caplog):
+def test_a_broken_status_does_not_break_the_admin(admin_client, fresh_live_cache, monkeypatch, caplog):
     from publisher import status
 
     def broken():
