@@ -47,7 +47,7 @@ FINAL_STATES = (S.SUCCEEDED, S.FAILED, S.CANCELLED, S.LOST)
 class Actor(enum.Enum):
     """Who takes a transition."""
 
-    DISPATCH = "a request's dispatch (a web process after its commit, requestbuild)"
+    DISPATCH = "a request's dispatch (after a web commit, its launch in a thread after the response; requestbuild)"
     BUILD = "the build process"
     SWEEP = "the sweep"
     OPERATOR = "an operator (the admin; the second step of a cancel runs in a background thread)"
@@ -240,7 +240,9 @@ class _Dispatch:
         self.__qualname__ = f"dispatch of build request #{request_id}"  # Django logs robust failures by this name
 
     def __call__(self):
-        outcome = dispatch()
+        # Attaching is a few indexed queries, so the editor hears which build has the change; the launcher call
+        # (a Heroku API request) runs after the response, unless the launcher answers at once (tests).
+        outcome = dispatch(launch_after_response=not _launcher_answers_at_once())
         if outcome.kind == "idle":  # another process dispatched it first: say where it went
             outcome = where_request_went(self.request_id) or outcome
         log = logger.info if outcome.ok else logger.warning
@@ -319,13 +321,48 @@ def where_request_went(request_id):
     return Outcome("attached", f"Your change was covered by build #{pk} ({state}).", pk, ok=state == S.SUCCEEDED)
 
 
-def dispatch():
-    """Attach every unattached request to a build, then launch the next build if it is due."""
+def dispatch(*, launch_after_response=False):
+    """Attach every unattached request to a build, then launch the next build if it is due.
+
+    With ``launch_after_response`` (a web process after its commit) the launch itself runs in a background thread
+    (``launch_in_background``) and this returns once the requests are attached: the editor's request never waits
+    for the platform. If the process dies before the thread launches, the build stays ``queued`` and due (or
+    ``launching``, re-queued after ``BUILD_LAUNCH_TIMEOUT``) and the sweep launches it.
+    """
     attached = attach_requests()
-    launched = launch_next()
-    if launched is not None and launched.kind in ("launched", "launch_failed", "waiting"):
+    if launch_after_response:
+        launched = _launch_later()
+    else:
+        launched = launch_next()
+    if launched is not None and launched.kind in ("launched", "launch_failed", "waiting", "starting"):
         return launched
     return attached or launched or Outcome("idle", "Nothing to do: no request is waiting for a build.")
+
+
+def _launch_later():
+    """Decide, as ``launch_next`` would, whether the queued build is due; if it is, launch it in a background
+    thread after the current transaction (``publisher.deferred``) and say it is starting."""
+    due, outcome = _next_to_launch()
+    if due is None:
+        return outcome
+    build_id = due[0]
+    deferred.defer(launch_in_background)
+    return Outcome(
+        "starting",
+        f"Build #{build_id} is starting; the banner shows when it is live.",
+        build_id,
+        detail="launched in the background, after the response",
+    )
+
+
+def launch_in_background():
+    """The launch after a publish's response, in its own thread: ``launch_next``, its outcome logged (the editor
+    reads it in the status banner: the build's state, its launch error, whether an operator was told)."""
+    outcome = launch_next()
+    if outcome is not None:
+        log = logger.info if outcome.ok else logger.warning
+        log("Launch after the response: %s", outcome.for_operators)
+    return outcome
 
 
 def attach_requests(request_ids=None):
@@ -397,24 +434,34 @@ def backoff(attempt, config=None):
 
 def launch_next():
     """Promote the queued build and launch it, if no build is active and it is due."""
+    due, outcome = _next_to_launch()
+    if due is None:
+        return outcome
+    build_id, at = due
+    return launch(build_id, at=at)
+
+
+def _next_to_launch():
+    """``((build id, clock), None)`` when the queued build is due and no build is active, else ``(None, Outcome)``
+    saying why not (``None`` for the Outcome when nothing is queued)."""
     active = Build.objects.filter(state__in=ACTIVE_STATES).values_list("pk", flat=True).first()
     queued = Build.objects.filter(state=S.QUEUED).values("pk", "next_attempt_at").first()
     if queued is None:
-        return None
+        return None, None
     pk = queued["pk"]
     if active is not None:
-        return Outcome(
+        return None, Outcome(
             "queued", f"Build #{pk} starts when build #{active} has finished.", pk, detail=f"queued behind #{active}"
         )
     at = now()  # one read of the clock decides whether it is due and stamps the launch
     if queued["next_attempt_at"] and queued["next_attempt_at"] > at:
-        return Outcome(
+        return None, Outcome(
             "waiting",
             f"Build #{pk} will start at {_at(queued['next_attempt_at'])}.",
             pk,
             detail=f"is queued; its next attempt is at {queued['next_attempt_at']:%H:%M:%S} UTC (backoff)",
         )
-    return launch(pk, at=at)
+    return (pk, at), None
 
 
 def launch(build_id, *, at=None):
@@ -829,10 +876,10 @@ def cancel(build_id, *, by=None):
 
 
 def _launcher_answers_at_once():
-    """Whether the configured launcher answers from memory (the recording double of the tests): then the second
-    step of a cancel runs in the caller, so a test sees it done when ``cancel`` returns."""
+    """Whether the configured launcher answers from memory (the recording double of the tests): then the launch
+    after a publish and the second step of a cancel run in the caller, so a test sees them done when it returns."""
     try:
-        return bool(getattr(get_launcher(), "answers_at_once", False))
+        return bool(get_launcher().answers_at_once)
     except ImproperlyConfigured:
         return False
 

@@ -215,6 +215,8 @@ _launcher_options = {
         "COMMAND_PREFIX": env.string("HEROKU_COMMAND_PREFIX", ""),
         "CONNECT_TIMEOUT": env.integer("HEROKU_CONNECT_TIMEOUT", 5),
         "READ_TIMEOUT": env.integer("HEROKU_READ_TIMEOUT", 15),
+        # The whole call, however the API trickles its answer (publisher.E015: at least connect + read).
+        "TOTAL_TIMEOUT": env.integer("HEROKU_TOTAL_TIMEOUT", 30),
     },
 }
 

@@ -7,7 +7,7 @@ from django.core import mail
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 
-from publisher import builds, runner
+from publisher import builds, deferred, runner
 from publisher.interrupts import BuildInterrupted
 from publisher.launchers import LaunchError, recording
 from publisher.models import ACTIVE_STATES, Build, BuildRequest, BuildState, Page
@@ -88,15 +88,17 @@ def test_one_user_action_makes_one_request_whatever_the_mix_of_signals(django_ca
     assert len(recording.launches) == 1
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_failing_launcher_never_fails_the_publish(publish, monkeypatch, caplog):
     def broken():
         raise ImproperlyConfigured("no launcher")
 
     monkeypatch.setattr(builds, "get_launcher", broken)
     publish("alpha")  # no exception reaches the editor
+    assert deferred.wait(timeout=30), "the launch after the response did not end"
     assert Page.objects.get(slug="alpha").is_published
     assert BuildRequest.objects.get().build.state == S.QUEUED  # the request is kept for the next attempt
-    assert "no launcher" in caplog.text
+    assert "no launcher" in caplog.text, "the launch thread logs why it could not launch"
 
 
 def test_requests_attach_to_a_launched_build_that_has_not_read_content(publish):

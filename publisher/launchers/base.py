@@ -73,6 +73,12 @@ class BaseLauncher(Backend):
     are refused. Settings are read here, when the launcher is built, never at import.
     """
 
+    #: Whether every call answers at once, from memory (the recording double of the tests). Then the work that
+    #: calls the launcher after a publish or a cancel runs in the caller, so a test sees it done when the call
+    #: returns. A launcher that talks to a platform or waits for a process leaves it ``False``: that work then runs
+    #: in a background thread after the response (``publisher.deferred``), and an editor never waits for it.
+    answers_at_once = False
+
     def launch(self, *, build_id, token):
         """Start the build detached; return a JSON-able handle. Raise ``LaunchError`` on failure."""
         raise NotImplementedError(f"{type(self).__name__} must implement launch()")

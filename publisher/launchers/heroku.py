@@ -10,14 +10,21 @@ response for 4xx/5xx and ``RateLimitExceeded`` *without* it for 429), ``Heroku._
 ``_resource_deserialize``. Re-check them before upgrading heroku3.
 """
 
+import contextvars
+import io
 import logging
 import re
 import shlex
+import socket
+import time
 from urllib.parse import quote, urlsplit
 
 import requests
 from django.core import checks
 from heroku3.api import Heroku, RateLimitExceeded, ResponseError
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..health import Finding, Level
 from .base import GONE, RUNNING, STARTING, UNKNOWN, BaseLauncher, LaunchError, redact
@@ -49,6 +56,7 @@ E011 = "publisher.E011"  # no app name
 E012 = "publisher.E012"  # BUILD_TIMEOUT outside 1..86400
 E013 = "publisher.E013"  # a timeout is not a positive number
 E014 = "publisher.E014"  # API URL is not an http(s) URL
+E015 = "publisher.E015"  # the total deadline is shorter than connect + read timeouts
 
 
 class Secret:
@@ -85,16 +93,150 @@ class BearerAuth(requests.auth.AuthBase):
         return "<BearerAuth ********>"
 
 
-class TimeoutSession(requests.Session):
-    """A session that gives every request a timeout (heroku3 passes none)."""
+# --- A total deadline on every API call ------------------------------------------------------------------------
+#
+# requests' timeouts bound each socket operation, not a call: a server that sends one byte a second holds a call for
+# as long as it likes. So every socket of the launcher's sessions is wrapped (``_DeadlineSocket``): before each send
+# and each receive, the call's deadline is looked up and the operation's timeout shrunk to the time left, and past
+# the deadline the operation fails at once. That bounds the status line, the headers and the body alike, with no
+# thread per call. The deadline of the call under way is in a context variable, set by ``TimeoutSession.request``.
 
-    def __init__(self, timeout):
+
+class TotalTimeout(requests.Timeout):
+    """An API call ran past its total deadline (``HEROKU_TOTAL_TIMEOUT``)."""
+
+
+class _Deadline:
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.passed = False
+
+    def time_left(self):
+        """Seconds left; past the deadline a ``socket.timeout`` (what a socket operation raises on its timeout)."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            self.passed = True
+            raise TimeoutError(f"the total deadline of {self.seconds}s passed")
+        return left
+
+
+_call_deadline = contextvars.ContextVar("publisher_heroku_call_deadline", default=None)
+
+
+class _DeadlineSocket:
+    """A connected socket (plain or TLS) whose every send and receive waits at most until the call's deadline,
+    and at most the timeout urllib3 set (the read timeout). Everything else is the socket's own."""
+
+    def __init__(self, sock):
+        object.__setattr__(self, "_sock", sock)
+        object.__setattr__(self, "_timeout", sock.gettimeout())
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def settimeout(self, value):
+        object.__setattr__(self, "_timeout", value)
+        self._sock.settimeout(value)
+
+    def gettimeout(self):
+        return self._timeout
+
+    def _arm(self):
+        deadline = _call_deadline.get()
+        if deadline is None:
+            return
+        left = deadline.time_left()
+        self._sock.settimeout(left if self._timeout is None else min(self._timeout, left))
+
+    def recv_into(self, *args, **kwargs):
+        self._arm()
+        return self._sock.recv_into(*args, **kwargs)
+
+    def recv(self, *args, **kwargs):
+        self._arm()
+        return self._sock.recv(*args, **kwargs)
+
+    def send(self, *args, **kwargs):
+        self._arm()
+        return self._sock.send(*args, **kwargs)
+
+    def sendall(self, *args, **kwargs):
+        self._arm()
+        return self._sock.sendall(*args, **kwargs)
+
+    def makefile(self, mode="r", buffering=None, **kwargs):
+        """The reader ``http.client`` parses the response from: its reads come back through ``recv_into``."""
+        if mode != "rb":
+            return self._sock.makefile(mode, buffering, **kwargs)
+        self._sock._io_refs += 1  # as socket.makefile does; SocketIO.close() gives it back
+        return io.BufferedReader(socket.SocketIO(self, "rb"), io.DEFAULT_BUFFER_SIZE)
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    def connect(self):
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock)
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    def connect(self):
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock)
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+_DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with connections whose sockets keep the call's deadline (directly or through a proxy)."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_DEADLINE_POOLS)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = dict(_DEADLINE_POOLS)
+        return manager
+
+
+class TimeoutSession(requests.Session):
+    """A session that gives every request a timeout (heroku3 passes none): ``timeout`` (connect, read) for each
+    socket operation, and ``total`` seconds for the whole call, sending, waiting and reading the answer included.
+    A call past ``total`` raises ``TotalTimeout``."""
+
+    def __init__(self, timeout, total=None):
         super().__init__()
         self.timeout = timeout
+        self.total = total
+        adapter = _DeadlineAdapter()
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
 
     def request(self, method, url, **kwargs):
         kwargs.setdefault("timeout", self.timeout)
-        return super().request(method, url, **kwargs)
+        if not self.total:
+            return super().request(method, url, **kwargs)
+        deadline = _Deadline(self.total)
+        token = _call_deadline.set(deadline)
+        try:
+            return super().request(method, url, **kwargs)
+        except requests.RequestException:
+            if deadline.passed or time.monotonic() >= deadline.at:
+                raise TotalTimeout(f"the answer was still incomplete after {self.total}s") from None
+            raise
+        finally:
+            _call_deadline.reset(token)
 
 
 class HerokuLauncher(BaseLauncher):
@@ -113,6 +255,7 @@ class HerokuLauncher(BaseLauncher):
         "COMMAND_PREFIX": "",
         "CONNECT_TIMEOUT": 5,
         "READ_TIMEOUT": 15,
+        "TOTAL_TIMEOUT": 30,
     }
 
     def __init__(self, **options):
@@ -185,7 +328,8 @@ class HerokuLauncher(BaseLauncher):
                     id=E012,
                 )
             )
-        for name in ("CONNECT_TIMEOUT", "READ_TIMEOUT"):
+        timeouts = {}
+        for name in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "TOTAL_TIMEOUT"):
             value = self.options[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 errors.append(
@@ -194,6 +338,18 @@ class HerokuLauncher(BaseLauncher):
                         id=E013,
                     )
                 )
+            else:
+                timeouts[name] = value
+        if len(timeouts) == 3 and timeouts["TOTAL_TIMEOUT"] < timeouts["CONNECT_TIMEOUT"] + timeouts["READ_TIMEOUT"]:
+            errors.append(
+                checks.Error(
+                    f"HEROKU_TOTAL_TIMEOUT is {timeouts['TOTAL_TIMEOUT']}s, shorter than HEROKU_CONNECT_TIMEOUT + "
+                    f"HEROKU_READ_TIMEOUT ({timeouts['CONNECT_TIMEOUT'] + timeouts['READ_TIMEOUT']}s): a call could "
+                    "be cut off before a timeout it was promised.",
+                    hint="Raise HEROKU_TOTAL_TIMEOUT (default 30) or lower the other two (defaults 5 and 15).",
+                    id=E015,
+                )
+            )
         url = urlsplit(str(self.options["API_URL"] or ""))
         if url.scheme not in ("http", "https") or not url.hostname:
             errors.append(
@@ -394,7 +550,9 @@ class HerokuLauncher(BaseLauncher):
 
     def _client(self):
         """A heroku3 client on a fresh session; also returns the list of responses it receives."""
-        session = TimeoutSession((self.options["CONNECT_TIMEOUT"], self.options["READ_TIMEOUT"]))
+        session = TimeoutSession(
+            (self.options["CONNECT_TIMEOUT"], self.options["READ_TIMEOUT"]), total=self.options["TOTAL_TIMEOUT"]
+        )
         client = Heroku(session=session)  # not heroku3.from_key(): that sends a key-verification request
         client._heroku_url = str(self.options["API_URL"]).rstrip("/")
         session.headers["Accept"] = ACCEPT  # heroku3 asks for "version=3.cedar-acm"
@@ -436,6 +594,9 @@ class HerokuLauncher(BaseLauncher):
             self._log(action, failure)
             raise failure from None
         # ``from None``: a requests exception holds the prepared request, Authorization header included.
+        except TotalTimeout as exc:
+            what = f"did not answer within HEROKU_TOTAL_TIMEOUT ({self.options['TOTAL_TIMEOUT']}s)"
+            raise self._unreachable(action, exc, what) from None
         except requests.Timeout as exc:
             raise self._unreachable(action, exc, "did not answer in time") from None
         except requests.ConnectionError as exc:
