@@ -92,7 +92,7 @@ LAUNCH = Transition("launch", (S.QUEUED,), S.LAUNCHING, PROMOTERS, Retry.NOT_NEE
 LAUNCHED = Transition("launched", (S.LAUNCHING,), S.LAUNCHED, PROMOTERS, Retry.NOT_NEEDED)
 LAUNCH_FAILED = Transition("launch failed", (S.LAUNCHING,), S.QUEUED, PROMOTERS, Retry.SAME_ROW)
 STUCK_LAUNCHING = Transition("stuck launching", (S.LAUNCHING,), S.QUEUED, (Actor.SWEEP,), Retry.SAME_ROW)
-NOT_STARTED = Transition("never started", (S.LAUNCHED,), S.QUEUED, (Actor.SWEEP,), Retry.SAME_ROW)
+NOT_STARTED = Transition("never started", (S.LAUNCHED,), S.QUEUED, (Actor.SWEEP, Actor.BUILD), Retry.SAME_ROW)
 HAND_OVER = Transition(
     "handed over", (S.LAUNCHING, S.LAUNCHED), S.FAILED, PROMOTERS, Retry.HANDED_OVER
 )  # a re-queue that found another build queued
@@ -588,6 +588,27 @@ def requeue(build_id, transition, *, token, error, delay=None, hint="", failure=
         logger.warning("Build #%s failed: %s", build_id, error)
         _announce(build_id, Outcome("failed", f"Build #{build_id} failed: {error}", build_id, ok=False))
     return bool(ended)
+
+
+#: A build process that cannot start puts its build back in the queue by the transition for the state it finds.
+_CANNOT_START = {S.LAUNCHING: LAUNCH_FAILED, S.LAUNCHED: NOT_STARTED}
+
+
+def cannot_start(build_id, *, token, error, hint=""):
+    """A build process started by a launcher cannot build (its configuration fails the system checks): its build
+    goes back to ``queued`` (attempt + 1, a backoff, its requests kept, "needs an operator" for the banner) and an
+    operator is told at once, instead of the failure living only in the process's log. True when this call moved
+    the build; False when the token or the state did not match (an orphan, or a build that moved on)."""
+    failure = LaunchError(error, needs_operator=True, retryable=True, hint=hint)
+    for _ in range(2):  # the launching process may record ``launched`` between the read and the update
+        state = Build.objects.filter(pk=build_id, launch_token=token).values_list("state", flat=True).first()
+        transition = _CANNOT_START.get(state)
+        if transition is None:
+            return False
+        if requeue(build_id, transition, token=token, error=error, hint=hint, failure=failure):
+            alert_operator(build_id, f"{error}\n\n{hint}" if hint else error, subject=f"Build #{build_id} cannot start")
+            return True
+    return False
 
 
 # --- The build process ---------------------------------------------------------------------------------------------

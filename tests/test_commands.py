@@ -201,3 +201,53 @@ def test_a_dash_token_builds_from_the_dyno_request_of_the_heroku_launcher(settin
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert Build.objects.get(pk=build.pk).state == S.SUCCEEDED
+
+
+@pytest.fixture
+def failing_check():
+    """A system check that fails, as a misconfigured build process's would."""
+    from django.core import checks
+
+    def broken(**kwargs):
+        return [checks.Error("SITE_ROOT cannot be written in this dyno.", id="publisher.E041")]
+
+    checks.register(broken)
+    yield
+    checks.registry.registry.registered_checks.discard(broken)
+
+
+@pytest.mark.django_db
+def test_buildstaticsite_records_failed_checks_on_its_build_and_exits_2(failing_check, site_root, mailoutbox, settings):
+    settings.ADMINS = [("Ops", "ops@example.com")]
+    builds.request_build("x")
+    launch = recording.launches[0]
+    build_id = launch["build_id"]
+    with pytest.raises(CommandError) as info:
+        call_command("buildstaticsite", "--build", str(build_id), "--token", launch["token"], skip_checks=False)
+    assert info.value.returncode == 2 and "SITE_ROOT cannot be written" in str(info.value)
+    build = Build.objects.get(pk=build_id)
+    assert build.state == S.QUEUED and build.attempt == 2, "back in the queue, retried with a backoff"
+    assert build.error.startswith("Configuration error in the build process:") and "publisher.E041" in build.error
+    assert build.needs_operator and build.launch_token == "", "the banner says a person must act; the token is spent"
+    assert build.next_attempt_at is not None and BuildRequest.objects.get().build_id == build_id
+    (report,) = mailoutbox
+    assert f"Build #{build_id} cannot start" in report.subject and "SITE_ROOT cannot be written" in report.body
+    assert not (site_root / "current").exists()
+
+
+@pytest.mark.django_db
+def test_buildstaticsite_with_a_wrong_token_and_failed_checks_changes_nothing(failing_check, mailoutbox, settings):
+    settings.ADMINS = [("Ops", "ops@example.com")]
+    builds.request_build("x")
+    build_id = recording.launches[0]["build_id"]
+    with pytest.raises(CommandError) as info:
+        call_command("buildstaticsite", "--build", str(build_id), "--token", "an-orphan", skip_checks=False)
+    assert info.value.returncode == 2
+    assert Build.objects.get(pk=build_id).state == S.LAUNCHED and mailoutbox == []
+
+
+@pytest.mark.django_db
+def test_buildstaticsite_by_hand_with_failed_checks_exits_2_and_records_nothing(failing_check):
+    with pytest.raises(CommandError) as info:
+        call_command("buildstaticsite", skip_checks=False)
+    assert info.value.returncode == 2 and not Build.objects.exists()

@@ -27,12 +27,41 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="wait for an active build to end, then build")
         parser.add_argument("--poll", type=float, default=2.0, help="seconds between --wait checks")
 
+    def execute(self, *args, **options):
+        # The system checks run before handle(): keep which build this process was started for, to record there
+        # why it cannot build.
+        self._started_for = (options.get("build"), options.get("token") or os.environ.get(TOKEN_VARIABLE) or None)
+        return super().execute(*args, **options)
+
     def check(self, *args, **kwargs):
         try:
             super().check(*args, **kwargs)
         except SystemCheckError as exc:
+            self._record_configuration_error(exc)
             # A configuration problem: exit 2 (DESIGN §6), not the 1 of a failed build.
             raise CommandError(str(exc), returncode=2) from None
+
+    def _record_configuration_error(self, exc):
+        """Started by a launcher: put the build back in the queue with the error and tell an operator, so the
+        failure shows in the admin and the banner, not only in this process's log."""
+        build_id, token = getattr(self, "_started_for", (None, None))
+        if build_id is None or token is None:
+            return
+        said = str(exc).replace("SystemCheckError: ", "").strip()
+        error = f"Configuration error in the build process: {said}"
+        try:
+            recorded = builds.cannot_start(
+                build_id,
+                token=token,
+                error=error,
+                hint="Fix the configuration of the processes that run builds (the errors above), then the retry "
+                "or the next publish builds.",
+            )
+        except Exception:  # the command's boundary: the database may be what is misconfigured
+            logger.exception("Build #%s: could not record its configuration error on the build", build_id)
+            return
+        if not recorded:
+            logger.warning("Build #%s: not re-queued (not launching or launched with this token)", build_id)
 
     def handle(self, *args, build, token, wait, poll, **options):
         if build is not None and token is None:
