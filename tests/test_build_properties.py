@@ -17,6 +17,16 @@ is the database's clock, read through the real ``builds.now()`` (its SQL answers
 ``django.utils.timezone.now``, the clock of the process taking a step, runs up to six hours ahead or behind it from
 an outside event on, and no decision may change (defect 7).
 
+Issue 9: every example publishes to a destination drawn at its start, the recording one (in memory, like S3: seal,
+one conditional pointer write, the success recorded, then the CDN's key) or the local folder. A real run on the
+recording destination may meet a fault at any step of its publish: the renderer failing, a file handed over, an
+upload or a server-side copy, the seal, the pointer write, right after the pointer write, the CDN key's write or the
+prune; as an error, or as the process killed there (``recording.Killed``: nothing after it runs, not even its
+cleanup; the model then treats the process as gone). After every step: the pointer names a sealed, whole release;
+so does what the CDN serves; every sealed release is whole; and the site never moves back to an older release.
+At the end of every example, once faults stop, one more publish must go live through the real runner and show
+exactly the live pages.
+
 Liveness (issue 5): at the end of every example the faults stop, and the model drives the system to quiescence (live
 processes claim and succeed; the clock moves to the next deadline and a sweep pass runs), within a bound. Then every
 request must be attached to a build that succeeded and started after it, or whose failure was reported, or that an
@@ -47,19 +57,32 @@ from datetime import UTC, datetime, timedelta
 import hypothesis
 import hypothesis.internal.conjecture.engine
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection, transaction
 from django.db.models import Q
+from django.test import override_settings
 from django.utils import timezone
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from publisher import builds, interrupts, runner
 from publisher import sweep as the_sweep
 from publisher.conf import get_config
+from publisher.destinations import get_destination, release_order
+from publisher.destinations import recording as destination
+from publisher.destinations.recording import RecordingDestination
 from publisher.launchers import GONE, RUNNING, STARTING, UNKNOWN, LaunchError, recording
 from publisher.models import ACTIVE_STATES, Build, BuildRequest, BuildState, Page
 from publisher.release import SiteRoot
+from publisher.render import RenderError
 
 S = BuildState
 OPEN_STATES = (S.QUEUED, *ACTIVE_STATES)
@@ -73,6 +96,10 @@ CONTENT_OPS = ["new", "new", "new", "edit", "edit", "unpublish", "republish", "d
 PROCESS_STEPS = [
     "heartbeat",
     "heartbeat",
+    "runs for real",
+    "runs for real",
+    "runs for real",
+    "runs for real",
     "succeed",
     "succeed",
     "succeed",
@@ -86,6 +113,9 @@ PROCESS_STEPS = [
 
 # How the process of a launch starts (weighted by repetition).
 CLAIM_RACES = ["none"] * 4 + [
+    "builds at once",
+    "builds at once",
+    "builds at once",
     "orphan first",
     "duplicate after",
     "dies before its claim",
@@ -116,6 +146,33 @@ OUTSIDE_EVENTS = [
 # When the SIGTERM of a build process running ``runner.run`` for real comes (weighted by repetition): never, right after
 # the switch (inside the critical section), or as pruning starts (after the outcome is recorded).
 SIGTERM_MOMENTS = ["never", "as it switches", "as pruning starts", "as pruning starts"]
+# Where an example's builds publish (issue 9): the recording destination (where faults can be put) or the local one.
+DESTINATIONS = {
+    "recording": "publisher.destinations.recording.RecordingDestination",
+    "local": "publisher.destinations.local.LocalDestination",
+}
+# A fault at one step of a publish on the recording destination (weighted by repetition; None: no fault). "render"
+# is the renderer raising between two pages; the others are the recording destination's steps.
+PUBLISH_FAULTS = [None] * 2 + [
+    "begin",
+    "render",
+    "add",
+    "add",
+    "upload",
+    "copy",
+    "seal",
+    "switch",
+    "after switch",
+    "kvs",
+    "prune",
+]
+# Faults before the pointer write: the site stays where it was.
+BEFORE_SWITCH = ("begin", "render", "add", "upload", "copy", "seal", "switch")
+# Steps called once per page, file or release (prune: once as it starts, then once per release removed): which call
+# of it fails is drawn, up to this many let through first.
+REPEATED = {"render": 3, "add": 12, "upload": 3, "copy": 8, "prune": 2}
+# Running build processes, so that the heartbeat thread of one killed mid-build can be stopped as its death would.
+HEARTBEATS = []
 # How far the clock of the process taking a step is from the database's (issue 8, defect 7).
 SKEWS = [timedelta(hours=h) for h in (-6, -1, 0, 1, 6)]
 
@@ -268,6 +325,7 @@ class Stats:
     examples = 0
     steps = 0
     quiescent = 0  # examples whose liveness check ran (every one that ended without an error)
+    faults = 0  # publishes that met a fault (issue 9)
     most_quiescence_steps = 0
     events = Counter()
 
@@ -301,6 +359,23 @@ class BuildMachine(RuleBasedStateMachine):
         self.own_handles = {}  # launch token -> the handle its process recorded at its claim (defect 4)
         self.pages = {}  # slug -> [title, live]
         self.next_page = 0
+        destination.reset()
+        self.destination = None  # drawn by choose_destination, the first rule
+        self._destination_settings = None
+        self.live_seen = None  # the newest release the site was ever on (it never moves back)
+        self.faulted = False  # a publish met a fault in this example
+
+    @initialize(name=st.sampled_from(["recording", "recording", "local"]))
+    def choose_destination(self, name):
+        """Where this example's builds publish."""
+        self.destination = name
+        config = get_config()
+        self._destination_settings = override_settings(
+            PUBLISHER={**django_settings.PUBLISHER, "DESTINATION": {"BACKEND": DESTINATIONS[name]}}
+        )
+        self._destination_settings.enable()
+        assert get_config().SITE_ROOT == config.SITE_ROOT and type(get_destination()).__name__.lower().startswith(name)
+        note(f"destination {name}")
 
     def teardown(self):
         try:
@@ -308,6 +383,10 @@ class BuildMachine(RuleBasedStateMachine):
                 self._liveness()
         finally:
             recording.reset()
+            destination.reset()
+            self._stop_heartbeats()
+            if self._destination_settings is not None:
+                self._destination_settings.disable()
             del connection.run_on_commit[:]
             transaction.set_rollback(True)
             self._savepoint.__exit__(None, None, None)
@@ -409,16 +488,18 @@ class BuildMachine(RuleBasedStateMachine):
             Page(slug=slug, title=title, body="body").publish()
             self.pages[slug] = [title, True]
             return True
-        pool = drafts if op in ("republish", "edit_draft") else live
+        pool = {"republish": drafts, "edit_draft": live + drafts}.get(op, live)
         if not pool:
             return False
         slug = pool[n % len(pool)]
         page = Page.objects.get(slug=slug)
-        if op in ("edit", "edit_draft"):
+        if op in ("edit", "edit_draft"):  # a saved draft changes nothing live; publishing it does (DESIGN §2)
             page.title = f"{slug} v{n}" if page.title != f"{slug} v{n}" else f"{slug} w{n}"
             page.save()
             self.pages[slug][0] = page.title
-            return op == "edit"
+            if op == "edit_draft":
+                return False
+            return page.publish()  # False when the draft is back to what is live
         if op == "unpublish":
             assert page.unpublish()
             self.pages[slug][1] = False
@@ -666,6 +747,11 @@ class BuildMachine(RuleBasedStateMachine):
             self.claims = [c for c in self.claims if c.token != launch["token"]]
             self._process_ends(launch["token"])
             note("claimed process died")
+        if race == "builds at once":  # and runs to its end, perhaps meeting a fault as it publishes (issue 9)
+            (claim,) = [c for c in self.claims if c.token == launch["token"]]
+            self.claims.remove(claim)
+            self.ran.add(claim.token)
+            self._run_for_real(claim, "never", self._draw_fault(data))
 
     def _stray_claim(self, data):
         """A process that must not build claims: a duplicate start of a claimed one, an orphan whose build was
@@ -705,7 +791,9 @@ class BuildMachine(RuleBasedStateMachine):
             return
         assert claim.token not in self.ran, "a build rendered twice for one claim"
         self.ran.add(claim.token)
-        if step == "succeed":
+        if step == "runs for real":  # to its end, perhaps meeting a fault as it publishes (issue 9)
+            self._run_for_real(claim, "never", self._draw_fault(data))
+        elif step == "succeed":
             if self._succeed(claim, dies=data.draw(st.sampled_from(DIES), label="dies after the launcher call")):
                 self._claims_at_once(data)
         elif step == "render error":
@@ -723,12 +811,24 @@ class BuildMachine(RuleBasedStateMachine):
     @rule(data=st.data(), moment=st.sampled_from(SIGTERM_MOMENTS))
     def build_runs_for_real(self, data, moment):
         """A live build process runs the real ``runner.run`` to its end, and SIGTERM comes never, as it switches or as
-        pruning starts (issue 8, defect 2)."""
+        pruning starts (issue 8, defect 2). On the recording destination, a run that gets no SIGTERM may meet a
+        fault at any step of its publish, as an error or as the process killed there (issue 9)."""
         claim = data.draw(st.sampled_from(self.claims), label="claim")
         self.claims.remove(claim)
         assert claim.token not in self.ran, "a build rendered twice for one claim"
         self.ran.add(claim.token)
-        self._run_for_real(claim, moment)
+        self._run_for_real(claim, moment, self._draw_fault(data) if moment == "never" else None)
+
+    def _draw_fault(self, data):
+        """A fault for a publish to the recording destination: (step, kill, skip), or None."""
+        if self.destination != "recording":
+            return None
+        step = data.draw(st.sampled_from(PUBLISH_FAULTS), label="fault at")
+        if step is None:
+            return None
+        kill = step == "after switch" or (step != "render" and data.draw(st.booleans(), label="killed there"))
+        skip = data.draw(st.integers(0, REPEATED[step]), label="calls let through first") if step in REPEATED else 0
+        return (step, kill, skip)
 
     def _heartbeat(self, claim, done):
         """Fenced: False once the claim is lost, and then the process stops at once without switching."""
@@ -762,62 +862,170 @@ class BuildMachine(RuleBasedStateMachine):
             self._check_promoted()
         return bool(died)
 
-    def _run_for_real(self, claim, moment):
-        """The real ``runner.run`` (render into SITE_ROOT, switch, record, launch the queued build, prune) under the
-        build command's signal handler, with a real SIGTERM to this process ``moment`` (issue 8, defect 2): once the
-        site has switched the build ends ``succeeded``, with its release, and is not retried."""
+    def _live(self):
+        """The name of the release the site is on, or None."""
+        if self.destination == "recording":
+            return destination.pointer.release if destination.pointer else None
+        return SiteRoot(get_config().SITE_ROOT).live_name()
+
+    def _run_for_real(self, claim, moment, fault=None):
+        """The real ``runner.run`` (render, publish to the example's destination, record, launch the queued build,
+        prune) under the build command's signal handler, with a real SIGTERM to this process ``moment`` (issue 8,
+        defect 2): once the site has switched the build ends ``succeeded``, with its release, and is not retried.
+        ``fault`` = (step, kill, skip) puts a fault at a step of the publish (issue 9)."""
         before = row(claim.build_id)
         expect = holds(before, claim.token)
+        live_before, served_before = self._live(), destination.served
         launch = self._launch_before()
         retries = BuildRequest.objects.filter(retry_of__isnull=False).count()
-        with self._sigterm_at(moment):
+        killed = None
+        with self._sigterm_at(moment), self._fault_at(fault) as fired:
             restore = interrupts.install()
             try:
                 result = runner.run(claim)
+            except destination.Killed as exc:
+                killed, result = exc, None
             finally:
                 restore()
-        after = Build.objects.filter(pk=claim.build_id).values("state", "error", "release").first()
+        if killed:
+            self._stop_heartbeats()  # the process is dead: its heartbeat thread dies with it
+        HEARTBEATS.clear()
+        step = fault[0] if fault and fired else None
+        if step:
+            self.faulted = True
+            Stats.faults += 1
+            note(f"fault at {step}")
+        after = Build.objects.filter(pk=claim.build_id).values("state", "error", "release", "failure_reported_at")[0]
+        mine = {name for name in destination.releases if name.endswith(f"-b{claim.build_id}-a{claim.attempt}")}
         if not expect:  # fenced at its first heartbeat or before the switch: stops, switches nothing, promotes nothing
-            assert result.exit_code == runner.EXIT_OK and "stopped" in result.message, result
             assert after["state"] == before["state"] and after["error"] == before["error"]
-            note("fenced before the switch")
+            assert self._live() == live_before, "a fenced build moved the site"
+            if killed:
+                self._process_ends(claim.token)
+            elif not step:
+                assert result.exit_code == runner.EXIT_OK and "stopped" in result.message, result
+            note("fenced before the switch" + (f", with a fault at {step}" if step else ""))
+            if not killed:
+                self._check_launch(launch)
+            return
+        if killed and step != "kvs" and step != "prune":  # dead before its success was recorded: the sweep judges it
+            assert after["state"] == S.RUNNING, f"build #{claim.build_id} killed at {step} ended {after}"
+            self._process_ends(claim.token)
+            if step == "after switch":
+                (name,) = mine
+                assert self._live() == name and destination.served == served_before, "the pointer is written first"
+            else:
+                assert self._live() == live_before, f"a build killed at {step} moved the site"
+            note(f"publish killed at {step}")
+            self._check_launch(launch)
+            return
+        if step in BEFORE_SWITCH:  # an error before the pointer write: failed, reported, the site where it was
+            assert result.exit_code == runner.EXIT_FAILED and after["state"] == S.FAILED, (result, after)
+            assert ("Recorded failure" in after["error"] or "RenderError" in after["error"]) and after[
+                "failure_reported_at"
+            ], after
+            assert self._live() == live_before, f"a build that failed at {step} moved the site"
+            sealed = {name for name in mine if name in destination.manifests}
+            assert mine == sealed and bool(sealed) == (step == "switch"), (
+                f"a publish that failed at {step} left {mine}: only a sealed release outlives its writer's abort"
+            )
+            note(f"publish failed at {step}")
+            self._check_launch(launch)
+            self._check_promoted()
             return
         assert after["state"] == S.SUCCEEDED, (
-            f"build #{claim.build_id} went live and got SIGTERM {moment}, then ended {after['state']} "
-            f"({after['error']}): {result.message}"
+            f"build #{claim.build_id} went live and got SIGTERM {moment} / a fault at {step}, then ended "
+            f"{after['state']} ({after['error']}): {result and result.message}"
         )
         assert after["release"].endswith(f"-b{claim.build_id}-a{claim.attempt}"), after
-        assert result.exit_code == runner.EXIT_OK, result
+        if self._live() != after["release"]:  # a build by hand with a higher id went live before this one claimed
+            assert release_order(self._live()) > release_order(after["release"]), "a success that is not live"
+            assert "was kept (a newer release is live)" in (result.message if result else ""), result
+            note("kept: a newer release (a build by hand) is live")
+        assert killed or result.exit_code == runner.EXIT_OK, result
         assert BuildRequest.objects.filter(retry_of__isnull=False).count() == retries, (
             "a build that went live was retried"
         )
-        note(f"ran for real, SIGTERM {moment}: succeeded")
+        if step == "kvs":
+            assert destination.served == served_before, "the CDN's key is written after the pointer"
+        elif self.destination == "recording":
+            assert destination.served == self._live()
+        note(
+            f"ran for real, SIGTERM {moment}: succeeded"
+            + (f", {'killed' if killed else 'failed'} at {step}" * bool(step))
+        )
         self._check_launch(launch)
-        if moment != "as it switches":  # a signal held off by the switch leaves the next launch to others
+        # A signal held off by the switch, or a process killed at the CDN's write, leaves the next launch to others.
+        if moment != "as it switches" and not (killed and step == "kvs"):
             self._check_promoted()
+        if killed:
+            self._process_ends(claim.token)
+
+    @contextlib.contextmanager
+    def _fault_at(self, fault):
+        """While the block runs, ``fault`` = (step, kill, skip) is armed; yields a flag that says (after the block)
+        whether it fired. An armed fault that was not reached is disarmed."""
+        fired = Flag()
+        if fault is None:
+            yield fired
+            return
+        step, kill, skip = fault
+        if step == "render":  # the renderer raises after page ``skip`` (its progress is advanced after each page)
+            original = runner.HeartbeatProgress.advance
+            pages = itertools.count()
+
+            def advance(progress, done):
+                if next(pages) == skip:
+                    fired.set()
+                    raise RenderError(f"the template exploded at page {done}")
+                return original(progress, done)
+
+            runner.HeartbeatProgress.advance = advance
+            try:
+                yield fired
+            finally:
+                runner.HeartbeatProgress.advance = original
+            return
+        destination.fail_next(step, skip=skip, kill=kill)
+        try:
+            yield fired
+        finally:
+            if destination.faults:
+                destination.faults.clear()
+            else:
+                fired.set()
+
+    def _stop_heartbeats(self):
+        for progress in HEARTBEATS:
+            progress.stop()
+        HEARTBEATS.clear()
 
     @contextlib.contextmanager
     def _sigterm_at(self, moment):
-        """While the block runs, SIGTERM comes right after the switch of ``current`` or as pruning starts."""
+        """While the block runs, SIGTERM comes right after the switch of the live pointer (``current``, or the
+        recording destination's pointer) or as pruning starts."""
         if moment == "never":
             yield
             return
-        name = "switch_to" if moment == "as it switches" else "prune"
-        original = getattr(SiteRoot, name)
+        name = {"as it switches": "switch_to", "as pruning starts": "prune"}[moment]
+        owner = SiteRoot
+        if self.destination == "recording":
+            owner, name = RecordingDestination, {"switch_to": "_switch"}.get(name, name)
+        original = getattr(owner, name)
 
         def with_sigterm(site, *args, **kwargs):
-            if name == "prune":
+            if moment == "as pruning starts":
                 sigterm_now()
             done = original(site, *args, **kwargs)
-            if name == "switch_to":
+            if moment == "as it switches":
                 sigterm_now()
             return done
 
-        setattr(SiteRoot, name, with_sigterm)
+        setattr(owner, name, with_sigterm)
         try:
             yield
         finally:
-            setattr(SiteRoot, name, original)
+            setattr(owner, name, original)
 
     def _render_error(self, claim):
         """As ``runner.run`` when rendering raises: failed (fenced), reported, then promote the queued build."""
@@ -1032,6 +1240,30 @@ class BuildMachine(RuleBasedStateMachine):
             p["slug"]: [p["title"], p["is_published"]] for p in Page.objects.values("slug", "title", "is_published")
         }
         assert pages == self.pages, "a content change was rolled back or altered"
+        self._check_site()
+
+    def _check_site(self):
+        """The destination's invariants (issue 9): the pointer names a sealed, whole release, never an older one
+        than it ever named; what the CDN serves is sealed and whole, and not newer than the pointer; every sealed
+        release is whole (a prune removes the manifest first)."""
+        live = self._live()
+        if self.destination == "recording":
+            if live is not None:
+                assert destination.complete(live), f"the pointer names {live}, which is not sealed and whole"
+            unwhole = [name for name in destination.manifests if not destination.complete(name)]
+            assert not unwhole, f"sealed but not whole: {unwhole}"
+            served = destination.served
+            if served is not None:
+                assert destination.complete(served), f"the CDN serves {served}, which is not sealed and whole"
+                assert release_order(served) <= release_order(live), "the CDN serves a release newer than the pointer"
+        elif live is not None:
+            folder = SiteRoot(get_config().SITE_ROOT).releases / live
+            assert (folder / "manifest.json").is_file(), f"current names {live}, which is not complete"
+        if self.live_seen is not None:
+            assert live is not None and release_order(live) >= release_order(self.live_seen), (
+                f"the site moved back from {self.live_seen} to {live}"
+            )
+        self.live_seen = live if live is not None else self.live_seen
 
     # --- Liveness (issue 5) ---------------------------------------------------------------------------------------
 
@@ -1039,9 +1271,11 @@ class BuildMachine(RuleBasedStateMachine):
         """Faults stop (no launch or status call fails, no process crashes, no web process dies): the web processes
         run the dispatches they hold, every live build process claims and succeeds, and otherwise the clock moves to
         the next deadline (grace, backoff, launch, start, heartbeat or build timeout) and a sweep pass runs. Within
-        QUIESCENCE_STEPS steps nothing may be left open, and every request must have ended well."""
+        QUIESCENCE_STEPS steps nothing may be left open, and every request must have ended well. Then one more
+        publish goes live through the real runner, showing exactly the live pages (issue 9)."""
         for armed in recording.failures.values():
             armed.clear()
+        destination.faults.clear()
         while self.pending:
             _request_id, callback = self.pending.pop(0)
             before = self._launch_before()
@@ -1050,13 +1284,22 @@ class BuildMachine(RuleBasedStateMachine):
             self._check_launch(before)
             self._check_promoted()
             self._check_safety()
-        for steps in range(1, QUIESCENCE_STEPS + 1):  # noqa: B007 (how many it took is kept below)
+        steps = self._drive_to_quiescence()
+        Stats.quiescent += 1
+        Stats.most_quiescence_steps = max(Stats.most_quiescence_steps, steps)
+        self._a_later_build_completes()
+        self._check_every_request_ended_well()
+
+    def _drive_to_quiescence(self):
+        """Live processes claim and run for real; otherwise the clock moves to the next deadline and a pass runs.
+        Returns how many steps it took."""
+        for steps in range(1, QUIESCENCE_STEPS + 1):  # noqa: B007 (how many it took is returned)
             claimable = self._claimable()
             if self.claims:
                 claim = self.claims.pop(0)
                 assert claim.token not in self.ran, "a build rendered twice for one claim"
                 self.ran.add(claim.token)
-                self._succeed(claim)
+                self._run_for_real(claim, "never")
             elif claimable:
                 self._claim(claimable[0]["build_id"], claimable[0]["token"])
             elif self._quiescent():
@@ -1072,9 +1315,28 @@ class BuildMachine(RuleBasedStateMachine):
                 f"not quiescent {QUIESCENCE_STEPS} steps after the faults stopped (clock {CLOCK.t:%Y-%m-%d %H:%M:%S}): "
                 f"open builds {still_open}, unattached requests {unattached}"
             )
-        Stats.quiescent += 1
-        Stats.most_quiescence_steps = max(Stats.most_quiescence_steps, steps)
-        self._check_every_request_ended_well()
+        return steps
+
+    def _a_later_build_completes(self):
+        """After whatever faults the example put into publishes: one more request builds for real, goes live, and
+        the live release shows exactly the live pages."""
+        known = set(BuildRequest.objects.values_list("pk", flat=True))
+        builds.request_build("after the faults")
+        (request_id,) = self._note_new_requests(known)
+        self._check_safety()
+        self._drive_to_quiescence()
+        build = Build.objects.get(requests__pk=request_id)
+        assert build.state == S.SUCCEEDED, f"the publish after the faults ended {build.state}: {build.error}"
+        live = self._live()
+        assert live == build.release, f"the publish after the faults is not live: {live}, not {build.release}"
+        manifest = get_destination().manifest(live)
+        slugs = {path.split("/")[0] for path in manifest.files if path.count("/") == 1 and path.endswith("/index.html")}
+        assert slugs == {slug for slug, (_title, is_live) in self.pages.items() if is_live}, (
+            "the site is not what is live"
+        )
+        if self.destination == "recording":
+            assert destination.served == live and destination.complete(live)
+        note("a later build went live" + (" after a faulty publish" if self.faulted else ""))
 
     def _quiescent(self):
         return (
@@ -1150,9 +1412,9 @@ class BuildMachine(RuleBasedStateMachine):
             assert ok, f"once faults stopped, a request did not end well: {how}"
 
 
-@pytest.mark.django_db
-@pytest.mark.postgres
-def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, capsys, tmp_path):
+@pytest.fixture
+def machine_world(settings, monkeypatch, tmp_path):
+    """The settings, clocks and patches every BuildMachine runs under."""
     settings.PUBLISHER = {
         **settings.PUBLISHER,
         "BUILD_TIMEOUT": BUILD_TIMEOUT,
@@ -1165,6 +1427,21 @@ def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, cap
     monkeypatch.setattr(timezone, "now", PROCESS_CLOCK)
     # The recording launcher describes a claiming process like the real launchers do (issue 8, defect 4).
     monkeypatch.setattr(recording.RecordingLauncher, "this_process", this_process)
+    # Every heartbeat started, so that a build process killed mid-build can have its thread stopped (issue 9).
+    start = runner.HeartbeatProgress.start
+
+    def start_and_keep(progress, total):
+        HEARTBEATS.append(progress)
+        return start(progress, total)
+
+    monkeypatch.setattr(runner.HeartbeatProgress, "start", start_and_keep)
+    # Every sweep pass reconciles what the CDN serves with the pointer (not once per 5 minutes of this process).
+    monkeypatch.setattr(the_sweep, "RECONCILE_EVERY", 0)
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres
+def test_the_build_state_machine_keeps_its_invariants(machine_world, capsys, monkeypatch):
     seed = int(os.environ.get("HYPOTHESIS_SEED") or secrets.randbelow(2**32))
     with capsys.disabled():
         print(f"\nhypothesis seed: {seed} (replay with HYPOTHESIS_SEED={seed})", file=sys.stderr)
@@ -1175,7 +1452,7 @@ def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, cap
 
     # Shrinking a failure must end well inside pytest-timeout's 300 s, so that the minimal sequence gets printed.
     monkeypatch.setattr(hypothesis.internal.conjecture.engine, "MAX_SHRINKING_SECONDS", 120, raising=False)
-    Stats.examples = Stats.steps = Stats.quiescent = Stats.most_quiescence_steps = 0
+    Stats.examples = Stats.steps = Stats.quiescent = Stats.most_quiescence_steps = Stats.faults = 0
     Stats.events.clear()
     started = time.monotonic()
     run_state_machine_as_test(
@@ -1190,7 +1467,8 @@ def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, cap
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
         ),
     )
-    steps = Stats.steps - Stats.examples  # the invariant also runs once before the first step of each example
+    # The invariant also runs once before the first step of each example, and after its initialize rule.
+    steps = Stats.steps - 2 * Stats.examples
     with capsys.disabled():
         print(
             f"build state machine: {Stats.examples} examples, {steps} steps in {time.monotonic() - started:.1f}s "
@@ -1202,6 +1480,55 @@ def test_the_build_state_machine_keeps_its_invariants(settings, monkeypatch, cap
     if EXAMPLES * STEPS >= MIN_STEPS_PER_RUN:
         assert steps >= MIN_STEPS_PER_RUN
     assert Stats.quiescent >= Stats.examples // 2, "the liveness check ran in too few examples"
+
+
+# Every fault the recording destination can meet, as an error and as the process killed there ("render" is an error
+# only; right after the pointer write, only a death can come between the write and the recorded success).
+FAULT_CASES = [
+    (step, kill)
+    for step in dict.fromkeys(f for f in PUBLISH_FAULTS if f)
+    for kill in (False, True)
+    if not (step == "render" and kill) and not (step == "after switch" and not kill)
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("step", "kill"), FAULT_CASES, ids=[f"{s}-{'kill' if k else 'error'}" for s, k in FAULT_CASES])
+def test_a_fault_at_each_step_of_a_publish(machine_world, step, kill):
+    """The machine's own steps, in a fixed order, once per fault: a first release goes live; then an edit (so that
+    the next release uploads one page and copies the rest) is built for real and meets the fault; the invariants
+    hold after every step; then the faults stop, the clock and the sweep judge a killed build, and a later build
+    goes live showing exactly the live pages (the machine's liveness check at its teardown)."""
+    Stats.events.clear()
+    machine = BuildMachine()
+    try:
+        machine.choose_destination("recording")
+        for ops in ([("new", 0), ("new", 1)], [("new", 2)]):  # two releases: the next prune removes the first
+            machine.publish(ops)
+            _dispatch_claim_and_run(machine, fault=None)
+            machine._check_safety()
+        assert len(destination.manifests) == 2, "two releases went live"
+        machine.publish([("edit", 0)])
+        skip = {"add": 3, "upload": 0, "copy": 1, "render": 1, "prune": 1}.get(step, 0)
+        _dispatch_claim_and_run(machine, fault=(step, kill, skip))
+        machine._check_safety()
+        assert Stats.events[f"fault at {step}"] == 1, f"the fault at {step} did not fire: {dict(Stats.events)}"
+    except BaseException:
+        machine._liveness = lambda: None  # the failure above is the one to see
+        raise
+    finally:
+        machine.teardown()
+    assert Stats.events["a later build went live after a faulty publish"] == 1
+
+
+def _dispatch_claim_and_run(machine, *, fault):
+    _request_id, callback = machine.pending.pop()
+    callback()
+    launch = recording.launches[-1]
+    machine._claim(launch["build_id"], launch["token"])
+    claim = machine.claims.pop()
+    machine.ran.add(claim.token)
+    machine._run_for_real(claim, "never", fault)
 
 
 @pytest.mark.django_db
