@@ -4,6 +4,7 @@ import json
 import logging
 import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -652,3 +653,131 @@ def test_a_missing_schema_fails_even_outside_ci(monkeypatch, tmp_path):
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.fail.Exception, match="HEROKU_DYNO_SCHEMA"):
         create_validator()
+
+
+# --- The total deadline: a server that trickles its answer -------------------------------------------------------
+
+
+class TricklingAPI:
+    """A real HTTP server on 127.0.0.1 (``http.server`` in a thread) that answers every request with ``answer``
+    (status line, headers and body as bytes), writing it ``every`` seconds a byte from byte ``from_byte`` on: each
+    socket read gets a byte well within the read timeout, so only a total deadline ends the call. ``finished``
+    counts the answers written to the end; ``bodies`` holds what was sent to it."""
+
+    def __init__(self, answer, *, every=0.05, from_byte=0):
+        import http.server
+
+        self.answer, self.every, self.from_byte = answer, every, from_byte
+        self.finished = 0
+        self.bodies = []
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                api.bodies.append(self.rfile.read(length) if length else b"")
+                try:
+                    self.wfile.write(api.answer[: api.from_byte])
+                    for byte in api.answer[api.from_byte :]:
+                        time.sleep(api.every)
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:  # the client gave up: the answer was not finished
+                    return
+                api.finished += 1
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def http_answer(status, body, headers=()):
+    body = json.dumps(body).encode()
+    lines = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+def trickling_api():
+    servers = []
+
+    def start(answer, **kwargs):
+        servers.append(TricklingAPI(answer, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_a_total_deadline_ends_a_launch_whose_answer_trickles_in(make_launcher, trickling_api, caplog):
+    answer = http_answer("201 Created", {**dyno(), "padding": "x" * 400})
+    api = trickling_api(answer, from_byte=answer.index(b"\r\n\r\n") + 4)  # headers at once, the body a byte at a time
+    launcher = make_launcher(API_URL=api.url, CONNECT_TIMEOUT=1, READ_TIMEOUT=1, TOTAL_TIMEOUT=1)
+    with pytest.raises(LaunchError) as caught:
+        launcher.launch(build_id=12, token="tok")
+    error = caught.value
+    assert api.finished == 0, "the call ended before the server had finished its answer"
+    assert error.retryable and not error.needs_operator and error.status is None
+    assert "did not answer within HEROKU_TOTAL_TIMEOUT (1s)" in str(error) and KEY not in str(error)
+    assert "HEROKU_TOTAL_TIMEOUT" in caplog.text and KEY not in caplog.text
+    assert_valid_dyno_create(json.loads(api.bodies[0]), keys=BASE_KEYS)
+
+
+def test_a_total_deadline_ends_a_call_whose_status_line_and_headers_trickle_in(make_launcher, trickling_api):
+    api = trickling_api(http_answer("200 OK", dyno("up"), headers=[f"X-Padding: {'p' * 400}"]))
+    launcher = make_launcher(API_URL=api.url, CONNECT_TIMEOUT=1, READ_TIMEOUT=1, TOTAL_TIMEOUT=1)
+    with pytest.raises(LaunchError) as caught:
+        launcher.status(HANDLE)
+    assert api.finished == 0 and "HEROKU_TOTAL_TIMEOUT" in str(caught.value) and caught.value.retryable
+
+
+def test_an_answer_that_trickles_in_within_the_deadline_is_read_whole(make_launcher, trickling_api):
+    answer = http_answer("201 Created", dyno(), headers=["Request-Id: req-7"])
+    api = trickling_api(answer, every=0.001, from_byte=len(answer) - 40)  # slow, but done long before the deadline
+    launcher = make_launcher(API_URL=api.url, READ_TIMEOUT=5, TOTAL_TIMEOUT=30)
+    assert launcher.launch(build_id=12, token="tok") == HANDLE, "the whole answer, its last bytes included"
+    assert_valid_dyno_create(json.loads(api.bodies[0]), keys=BASE_KEYS)
+
+
+def test_an_error_answer_within_the_deadline_keeps_its_status_and_id(make_launcher, trickling_api):
+    api = trickling_api(http_answer("401 Unauthorized", {"id": "unauthorized", "message": "Invalid credentials."}))
+    api.every = 0
+    launcher = make_launcher(API_URL=api.url, TOTAL_TIMEOUT=30)
+    with pytest.raises(LaunchError) as caught:
+        launcher.launch(build_id=12, token="tok")
+    assert caught.value.status == 401 and caught.value.error_id == "unauthorized" and caught.value.needs_operator
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"TOTAL_TIMEOUT": 19}, ["publisher.E015"]),  # below 5 + 15
+        ({"TOTAL_TIMEOUT": 20}, []),
+        ({"TOTAL_TIMEOUT": 8, "CONNECT_TIMEOUT": 2, "READ_TIMEOUT": 6}, []),
+        ({"TOTAL_TIMEOUT": 0}, ["publisher.E013"]),
+        ({"TOTAL_TIMEOUT": "30"}, ["publisher.E013"]),
+    ],
+)
+def test_check_refuses_a_total_deadline_below_connect_plus_read(make_launcher, options, expected):
+    assert ids(make_launcher(**options).check()) == expected
+
+
+def test_the_total_deadline_comes_from_heroku_total_timeout_default_30(tmp_path):
+    from tests.test_settings import load_settings
+
+    for variables, expected in (({}, 30), ({"HEROKU_TOTAL_TIMEOUT": "45"}, 45)):
+        result = load_settings(tmp_path, SECRET_KEY="k", DEBUG="0", LAUNCHER="heroku", **variables)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["launcher"]["OPTIONS"]["TOTAL_TIMEOUT"] == expected
