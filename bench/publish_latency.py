@@ -1,6 +1,7 @@
 """Publish commit → launcher called: median, p99 and max over 1,000 publishes, on SQLite and PostgreSQL side by side.
 
     .venv/bin/python bench/publish_latency.py [--publishes 1000] [--warmup 20] [--backends sqlite,postgres]
+        [--heroku-publishes 10] [--heroku-inline-samples 3] [--heroku-timeouts 1,2,4]
 
 Each publish is ``Page(...).publish()`` of a new page inside an outer ``transaction.atomic()`` whose first
 ``on_commit`` callback stamps t0 (callbacks run in order, so it runs right after the commit and right before the
@@ -11,6 +12,15 @@ queued build and launches one.
 
 For comparison, the same number of publishes while one build stays ``launched``: each request attaches to it and
 no launcher is called (commit → dispatch done).
+
+Then the four behaviours of the Heroku API (issue #11 goal 4), with the real ``HerokuLauncher`` against a local
+stand-in on 127.0.0.1: ``fast`` (answers at once), ``slow`` (200 ms), ``hanging`` (accepts, never answers) and
+``trickling`` (the headers, then one byte of the body per second). For each: commit → dispatch done, which is what the
+editor's request waits for after its commit, both as the publish runs now (the launch in a thread after the
+response) and as it ran before (the launch inline, ``--heroku-inline-samples`` publishes), plus commit → the
+launch's outcome in the thread (bounded by the read timeout, or by ``HEROKU_TOTAL_TIMEOUT`` for a trickle). The
+timeouts are shortened for the bench (``--heroku-timeouts connect,read,total``, default 1,2,4): what the editor
+waits for does not depend on them, what the thread waits for is min(read, total) for a hang and total for a trickle.
 
 Each database runs in its own child process configured only through the environment (``settings.settings``,
 temporary SQLite file / SITE_ROOT / VAR_DIR, the recording launcher, DEBUG off, publisher logging at WARNING).
@@ -36,12 +46,138 @@ ROWS = [
     ("commit_to_done", "commit → dispatch done (launched)"),
     ("attach_commit_to_done", "commit → dispatch done (attached, no launch)"),
 ]
+HEROKU_MODES = ("fast", "slow", "hanging", "trickling")
+HEROKU_ROWS = [
+    ("now", "commit → dispatch done, launch after the response"),
+    ("inline", "commit → dispatch done, launch inline (before)"),
+    ("thread", "commit → launch outcome, in the thread"),
+]
+SLOW_ANSWER = 0.2  # seconds, the "slow" Heroku
 
 
 # --- In the child: one database ------------------------------------------------------------------------------------
 
 
-def worker(publishes, warmup):
+def heroku_stand_in(mode_box):
+    """A local stand-in for ``POST /apps/{app}/dynos`` that behaves as ``mode_box[0]`` says; returns its URL."""
+    import http.server
+    import json
+    import threading
+
+    answer = json.dumps({"id": "01234567-89ab-cdef-0123-456789abcdef", "name": "run.1", "state": "starting"}).encode()
+    head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            mode = mode_box[0]
+            try:
+                if mode == "hanging":
+                    time.sleep(60)  # longer than any timeout the bench sets; the client gives up first
+                    return
+                if mode == "slow":
+                    time.sleep(SLOW_ANSWER)
+                if mode == "trickling":
+                    self.wfile.write(head)
+                    for byte in answer:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(1)
+                    return
+                self.wfile.write(head + answer)
+            except OSError:
+                return
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def heroku_cases(publish, n, inline_samples, timeouts):
+    """Commit → dispatch done with the Heroku launcher in each mode, the launch after the response and inline."""
+    from django.conf import settings
+
+    from publisher import builds, deferred
+    from publisher.models import Build
+
+    mode_box = ["fast"]
+    url = heroku_stand_in(mode_box)
+    connect, read, total = timeouts
+    saved = settings.PUBLISHER
+    settings.PUBLISHER = {
+        **saved,
+        "LAUNCHER": {
+            "BACKEND": "publisher.launchers.heroku.HerokuLauncher",
+            "OPTIONS": {
+                "API_KEY": "bench-key",
+                "APP_NAME": "bench-app",
+                "API_URL": url,
+                "CONNECT_TIMEOUT": connect,
+                "READ_TIMEOUT": read,
+                "TOTAL_TIMEOUT": total,
+            },
+        },
+    }
+    thread_done = {}
+    original = builds.launch_in_background
+
+    def stamped():
+        try:
+            return original()
+        finally:
+            thread_done["at"] = time.perf_counter()
+
+    builds.launch_in_background = stamped
+    real_answers_at_once = builds._launcher_answers_at_once
+
+    def settle():
+        """End whatever the publish started, so the next one finds no build and launches."""
+        assert deferred.wait(timeout=120), "a launch thread did not end"
+        for build in Build.objects.exclude(state__in=builds.FINAL_STATES).values("pk", "state"):
+            builds.cancel(build["pk"])
+        assert deferred.wait(timeout=120)
+
+    results = {}
+    try:
+        for mode in HEROKU_MODES:
+            mode_box[0] = mode
+            figures = {"now": [], "inline": [], "thread": [], "outcomes": []}
+            for k in range(n + 1):  # the first is a warm-up
+                thread_done.clear()
+                s = publish(f"heroku-{mode}-{k}")
+                assert deferred.wait(timeout=120)
+                if k == 0:
+                    settle()
+                    continue
+                figures["now"].append(s["done"] - s["commit"])
+                if "at" in thread_done:
+                    figures["thread"].append(thread_done["at"] - s["commit"])
+                build = Build.objects.order_by("-pk").values("state", "error").first()
+                figures["outcomes"].append(build["state"])
+                settle()
+            builds._launcher_answers_at_once = lambda: True  # as before: the launch inside the editor's request
+            try:
+                for k in range(inline_samples if mode in ("hanging", "trickling") else n):
+                    s = publish(f"heroku-{mode}-inline-{k}")
+                    figures["inline"].append(s["done"] - s["commit"])
+                    settle()
+            finally:
+                builds._launcher_answers_at_once = real_answers_at_once
+            outcomes = sorted(set(figures.pop("outcomes")))
+            results[mode] = {name: benchlib.summary_ms(values) for name, values in figures.items()}
+            results[mode]["outcomes"] = outcomes
+    finally:
+        builds.launch_in_background = original
+        settings.PUBLISHER = saved
+    results["timeouts"] = list(timeouts)
+    return results
+
+
+def worker(publishes, warmup, heroku_publishes=0, inline_samples=0, timeouts=(1, 2, 4)):
     import django
 
     django.setup()
@@ -138,8 +274,11 @@ def worker(publishes, warmup):
         for case, samples in sql.items()
     }
 
+    heroku = heroku_cases(publish, heroku_publishes, inline_samples, timeouts) if heroku_publishes else None
+
     benchlib.emit_result(
         {
+            "heroku": heroku,
             "sql": sql_summary,
             "vendor": connection.vendor,
             "publishes": publishes,
@@ -198,6 +337,8 @@ def report(results, args, info):
             for k in kinds
         )
         print(line)
+    if all(results[k].get("heroku") for k in kinds):
+        report_heroku(results, kinds, width)
     print()
     for k in kinds:
         r = results[k]
@@ -208,26 +349,62 @@ def report(results, args, info):
         )
 
 
+def report_heroku(results, kinds, width):
+    first = results[kinds[0]]["heroku"]
+    connect, read, total = first["timeouts"]
+    print()
+    print(
+        f"Heroku launcher against a local stand-in: fast, slow ({SLOW_ANSWER * 1e3:.0f} ms), hanging, trickling "
+        f"(1 byte/s); timeouts connect {connect}s, read {read}s, total {total}s"
+    )
+    header = f"{'':{width}}" + "".join(f"{LABELS[k]:>22}" for k in kinds)
+    print(header + "   (ms, median / max)")
+    for mode in HEROKU_MODES:
+        print(f"  {mode} (build after the thread: {', '.join(first[mode]['outcomes'])})")
+        for key, label in HEROKU_ROWS:
+            line = f"    {label:{width - 4}}"
+            for k in kinds:
+                figure = results[k]["heroku"][mode][key]
+                line += f"{fmt(figure['median']) + ' / ' + fmt(figure['max']):>22}"
+            line += f"   n={first[mode][key]['n']}"
+            print(line)
+    print("ratios (medians): launch inline / launch after the response")
+    for mode in HEROKU_MODES:
+        line = f"  {mode:{width - 2}}"
+        for k in kinds:
+            figures = results[k]["heroku"][mode]
+            line += f"{fmt(benchlib.ratio(figures['inline']['median'], figures['now']['median']), '×'):>22}"
+        print(line)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--publishes", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--heroku-publishes", type=int, default=10, help="publishes per Heroku behaviour (0: skip)")
+    parser.add_argument(
+        "--heroku-inline-samples", type=int, default=3, help="inline publishes against a hanging or trickling API"
+    )
+    parser.add_argument("--heroku-timeouts", default="1,2,4", help="connect,read,total seconds for the stand-in")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="100 publishes, 5 warm-up (make bench QUICK=1)")
     args = parser.parse_args()
     if args.quick:  # smaller figures for `make bench QUICK=1`; options given explicitly win
-        for name, value in {"publishes": 100, "warmup": 5}.items():
+        for name, value in {"publishes": 100, "warmup": 5, "heroku_publishes": 3, "heroku_inline_samples": 1}.items():
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
     benchlib.ensure_project_on_path()
+    timeouts = tuple(float(x) for x in args.heroku_timeouts.split(","))
     if args.worker:
-        worker(args.publishes, args.warmup)
+        worker(args.publishes, args.warmup, args.heroku_publishes, args.heroku_inline_samples, timeouts)
         return 0
 
     benchlib.exit_cleanly_on_sigterm()
     backends, pg_bin = benchlib.choose_backends(args.backends)
     worker_args = [SCRIPT, "--worker", "--publishes", str(args.publishes), "--warmup", str(args.warmup)]
+    worker_args += ["--heroku-publishes", str(args.heroku_publishes), "--heroku-timeouts", args.heroku_timeouts]
+    worker_args += ["--heroku-inline-samples", str(args.heroku_inline_samples)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     results, pg_version = {}, None
     try:

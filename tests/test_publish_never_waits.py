@@ -4,6 +4,11 @@ returns; the launch runs in a thread after the response; if that thread never ru
 No timed assertions: "does not wait" is proved by the launcher still being blocked when the response arrives.
 """
 
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -12,6 +17,9 @@ from django.urls import reverse
 from publisher import builds, deferred, status, sweep
 from publisher.launchers import BaseLauncher, LaunchError
 from publisher.models import Build, BuildState, Page
+
+from .conftest import PROJECT_ROOT, free_port, wait_for
+from .test_configuration_errors import procfile_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = BuildState
@@ -151,3 +159,126 @@ def test_when_the_process_dies_mid_launch_the_sweep_requeues_and_launches(admin_
     assert deferred.wait(timeout=GIVE_UP_AFTER)
     build.refresh_from_db()
     assert build.state == S.LAUNCHED and build.attempt == 2 and build.handle == {"id": f"hanging-{build.pk}"}
+
+
+# --- The real thing: gunicorn as the Procfile runs it, one sync worker, a Heroku API that never answers -----------
+
+
+class SilentAPI:
+    """A socket on 127.0.0.1 that accepts connections, reads what is sent, and never answers (a hung Heroku)."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.accepted = []
+        self.received = b""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def _serve(self):
+        self.server.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            try:
+                self.received += conn.recv(65536)
+            except OSError:
+                pass
+            self.accepted.append(conn)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for conn in self.accepted:
+            conn.close()
+        self.server.close()
+
+
+def csrf_of(html):
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+
+@pytest.mark.slow
+def test_under_gunicorn_a_publish_answers_and_the_next_request_is_served_while_heroku_hangs(tmp_path, children):
+    import requests
+
+    api = SilentAPI()
+    port = free_port()
+    database = tmp_path / "db.sqlite3"
+    environment = {
+        "PATH": f"{PROJECT_ROOT / '.venv' / 'bin'}:/usr/bin:/bin",
+        "DJANGO_SETTINGS_MODULE": "settings.settings",
+        "VAR_DIR": str(tmp_path / "var"),
+        "SITE_ROOT": str(tmp_path / "site"),
+        "DATABASE_URL": f"sqlite:///{database}",
+        "SECRET_KEY": "k",
+        "DEBUG": "1",  # static files without collectstatic
+        "BUILD_WORKERS": "1",
+        "PORT": str(port),
+        "LAUNCHER": "heroku",
+        "HEROKU_API_KEY": "test-key-never-shown",
+        "HEROKU_APP_NAME": "example-app",
+        "HEROKU_API_URL": api.url,
+        "WEB_CONCURRENCY": "1",  # one sync worker: a request held by Heroku would hold every other
+        "DJANGO_SUPERUSER_PASSWORD": "pw",
+    }
+    manage = [sys.executable, "manage.py"]
+    for command in (
+        ["migrate", "--noinput"],
+        ["createsuperuser", "--noinput", "--username", "ed", "--email", "ed@example.com"],
+    ):
+        done = subprocess.run(manage + command, cwd=PROJECT_ROOT, env=environment, capture_output=True, timeout=180)
+        assert done.returncode == 0, done.stderr.decode()
+    log = tmp_path / "web.log"
+    try:
+        with log.open("w") as output:
+            web = children.start(procfile_command("web"), env=environment, stdout=output, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        client = requests.Session()
+
+        def login_page():
+            try:
+                return client.get(f"{base}/admin/login/", timeout=5)
+            except requests.ConnectionError:
+                assert web.poll() is None, log.read_text()
+                return None
+
+        page = wait_for(login_page, timeout=60, interval=0.2, message="gunicorn to serve the admin")
+        client.post(
+            f"{base}/admin/login/",
+            {"username": "ed", "password": "pw", "csrfmiddlewaretoken": csrf_of(page.text), "next": "/admin/"},
+            timeout=10,
+        ).raise_for_status()
+        form = client.get(f"{base}/admin/publisher/page/add/", timeout=10)
+        published = client.post(
+            f"{base}/admin/publisher/page/add/",
+            {
+                "title": "Alpha",
+                "slug": "alpha",
+                "body": "text",
+                "_saveandpublish": "1",
+                "csrfmiddlewaretoken": csrf_of(form.text),
+            },
+            headers={"Referer": f"{base}/admin/publisher/page/add/"},
+            allow_redirects=False,
+            timeout=10,  # shorter than HEROKU_READ_TIMEOUT: a publish that waited for Heroku would fail here
+        )
+        assert published.status_code == 302, published.text[:2000]
+        wait_for(lambda: api.received, timeout=10, message="the launch to reach the Heroku stand-in")
+        assert b"POST /apps/example-app/dynos" in api.received and not api.stop.is_set()
+        after = client.get(f"{base}{published.headers['Location']}", timeout=10)  # the one worker is free
+        assert after.status_code == 200 and "is starting; the banner shows when it is live." in after.text
+        with sqlite3.connect(database) as db:
+            (state,) = db.execute("SELECT state FROM publisher_build").fetchone()
+        assert state == "launching", "the launch is still waiting for Heroku, in the thread"
+        assert "test-key-never-shown" not in log.read_text() + after.text
+    finally:
+        api.close()
