@@ -1,8 +1,10 @@
 """Work that must not hold up the caller's request: run in a daemon thread once the caller's transaction commits.
 
-A cancel in the admin returns at once; stopping the build's process (a Heroku API call, or waiting for a local
-process group to exit) and launching the queued build happen here. If the process dies first (a web worker
-recycled), the work is lost: whatever it was for must be safe to finish elsewhere, as the sweep finishes cancels.
+A publish in the admin returns once its request is attached to a build; the launch (a Heroku API call) happens
+here. A cancel returns at once; stopping the build's process (a Heroku API call, or waiting for a local process
+group to exit) and launching the queued build happen here. If the process dies first (a web worker recycled), the
+work is lost: whatever it was for must be safe to finish elsewhere, as the sweep launches queued builds, re-queues
+builds stuck in ``launching`` and finishes cancels.
 
 ``defer(fn, *args, inline=True)`` runs ``fn`` at once in the caller instead, for work that answers at once anyway
 (the recording launcher of the tests: a test then sees the work done when the call returns, even inside the
