@@ -594,3 +594,34 @@ def test_an_error_after_the_switch_changes_no_outcome(monkeypatch, site_root):
     result = runner.run(builds.claim(launch["build_id"], launch["token"]))
     assert result.exit_code == 0 and "is live" in result.message
     assert Build.objects.get(pk=launch["build_id"]).state == S.SUCCEEDED
+
+
+# --- A build process that cannot start (its system checks fail) ----------------------------------------------------
+
+
+def test_a_build_process_that_cannot_start_requeues_its_launched_build_once(settings, mailoutbox):
+    settings.ADMINS = [("Ops", "ops@example.com")]
+    builds.request_build("x")
+    (launch,) = recording.launches
+    build_id, token = launch["build_id"], launch["token"]
+    assert builds.cannot_start(build_id, token=token, error="Configuration error in the build process: E041")
+    build = Build.objects.get(pk=build_id)
+    assert build.state == S.QUEUED and build.attempt == 2 and build.needs_operator and build.launch_token == ""
+    assert not builds.cannot_start(build_id, token=token, error="again"), "its token is spent: a re-run changes nothing"
+    assert len(mailoutbox) == 1 and "cannot start" in mailoutbox[0].subject
+
+
+def test_a_build_process_that_cannot_start_before_its_launch_was_recorded_requeues_it(monkeypatch):
+    seen = {}
+
+    def fast_child(self, *, build_id, token):
+        # The dyno booted and failed its checks before the launcher's answer came back: the build is launching.
+        seen["state"] = Build.objects.get(pk=build_id).state
+        seen["moved"] = builds.cannot_start(build_id, token=token, error="Configuration error in the build process")
+        return {"id": "rec-fast"}
+
+    monkeypatch.setattr(recording.RecordingLauncher, "launch", fast_child)
+    builds.request_build("x")
+    build = only_build()
+    assert seen == {"state": S.LAUNCHING, "moved": True}
+    assert build.state == S.QUEUED and build.attempt == 2 and build.handle is None, "the late answer lands nowhere"
