@@ -96,6 +96,7 @@ class Figures:
     written_bytes: list = field(default_factory=list)
     block_mib: list = field(default_factory=list)
     same_page: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
 
     def median(self, name):
         values = getattr(self, name)
@@ -301,7 +302,15 @@ def run_size(count, workdir, filesystems, *, repeat, ours, others):
                 reference = None
                 for group in order:
                     for tool in group:
-                        probe, output = runner.run(tool)
+                        try:
+                            probe, output = runner.run(tool)
+                        except (RuntimeError, subprocess.SubprocessError) as exc:
+                            # One failed run is reported and the benchmark goes on with the others.
+                            figures[tool.key].failures.append(str(exc))
+                            print(f"  {fs_name:5} #{rep + 1} {tool.label:46} FAILED: {str(exc)[:2000]}", flush=True)
+                            if tool.kind == "ours":
+                                break  # the next steps build on this one
+                            continue
                         files, size, written, written_size = tree_stats(output)
                         page = output / sample_slug / "index.html"
                         page_bytes = page.read_bytes() if page.exists() else None
@@ -389,6 +398,8 @@ def report(results, args, *, ours, others, filesystems, fs_types, has_workers, h
             for tool in ours + others:
                 f = figures[tool.key]
                 same = "-" if tool.kind == "bare" else ("yes" if all(f.same_page) else "NO")
+                if f.failures:
+                    same += f"  ({len(f.failures)} of {len(f.failures) + len(f.wall)} runs FAILED)"
                 print(
                     f"  {tool.label:46}{fmt(f.median('wall')):>8}{rel(f, base, 'wall'):>7}"
                     f"{fmt(f.median('cpu')):>8}{rel(f, base, 'cpu'):>7}"
@@ -475,6 +486,8 @@ def main():
         for count in args.sizes:
             results[count] = run_size(count, workdir, filesystems, repeat=args.repeat, ours=ours, others=others)
             shutil.rmtree(workdir / f"db-{count}", ignore_errors=True)
+            if args.json:  # after every size, so a run stopped later keeps what it measured
+                Path(args.json).write_text(json.dumps({"versions": versions, "results": to_json(results)}, indent=1))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(
@@ -488,9 +501,10 @@ def main():
         has_full=has_full,
         info=benchlib.machine_info(),
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps({"versions": versions, "results": to_json(results)}, indent=1))
-    return 0
+    failed = sum(len(f.failures) for by_fs in results.values() for figs in by_fs.values() for f in figs.values())
+    if failed:
+        print(f"\n{failed} run(s) FAILED (their errors are above); the figures are those of the runs that finished.")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
