@@ -74,7 +74,8 @@ def test_what_a_builds_prune_deleted_is_recorded_on_the_build(site_root, setting
     second = run_a_build()
     assert second.state == BuildState.SUCCEEDED and second.published["pruned"] == [first.release]
     assert second.published["deleted"] == files
-    assert second.published["uploaded"] >= 4 and second.published["destination"] == str(site_root), "added to"
+    assert second.published["destination"] == str(site_root) and second.published["went_live"], "added to, not replaced"
+    assert {"uploaded", "copied", "bytes_uploaded"} <= set(second.published)
     assert [p.name for p in (site_root / "releases").iterdir()] == [second.release]
 
 
@@ -85,7 +86,7 @@ def test_a_prune_that_fails_records_nothing_and_the_build_stays_a_success(site_r
     monkeypatch.setattr(runner, "prune_releases", broken_prune)
     Page(slug="alpha", title="Alpha", body="a").publish()
     build = run_a_build()
-    assert build.state == BuildState.SUCCEEDED and "pruned" not in build.published and build.published["uploaded"]
+    assert build.state == BuildState.SUCCEEDED and "pruned" not in build.published and build.published["went_live"]
 
 
 def test_the_prune_of_a_build_on_the_recording_destination_is_recorded(settings, monkeypatch):
