@@ -1,10 +1,19 @@
 """The app's view of ``settings.PUBLISHER``, read when asked for, never at import."""
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+
+def usable_cpus():
+    """How many CPUs this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,9 @@ class Config:
     BUILD_RETRY_MAX: int = 1800
     BUILD_MAX_ATTEMPTS: int = 5
     BUILD_HISTORY_DAYS: int = 90
+    #: Processes that render and write a build's pages (DESIGN §1); unset or ``None``: one per CPU this process
+    #: may use, counted when the setting is read.
+    BUILD_WORKERS: int = field(default_factory=usable_cpus)
 
     @property
     def build_log_dir(self):
@@ -51,6 +63,8 @@ def get_config():
         raise ImproperlyConfigured(
             f"Unknown key(s) in settings.PUBLISHER: {', '.join(unknown)}. Known keys: {', '.join(sorted(NAMES))}."
         )
+    if values.get("BUILD_WORKERS", 0) is None:
+        del values["BUILD_WORKERS"]  # the default: the CPUs this process may use
     for name in ("SITE_ROOT", "LOG_DIR"):
         if name in values:
             values[name] = Path(values[name])

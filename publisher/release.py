@@ -5,6 +5,7 @@ the release and moves the live pointer in one write. Where the files go (a folde
 business (``publisher.destinations``).
 """
 
+import inspect
 import logging
 from dataclasses import dataclass
 
@@ -48,8 +49,11 @@ def release_name(*, build_id, attempt, now=None):
     return _release_name(build_id=build_id, attempt=attempt, now=now or timezone.now())
 
 
-def build_release(config, *, build_id, attempt, progress, before_switch=None, after_switch=None):
+def build_release(config, *, build_id, attempt, progress, before_switch=None, after_switch=None, full=False):
     """Render the whole site into a new release and make it live. Returns a ``Released``.
+
+    ``BUILD_WORKERS`` processes render the pages. The destination stores only what changed against the live
+    release where it can (local hard links, S3 server-side copies); ``full`` writes every file afresh.
 
     ``progress`` receives ``start(total)`` and ``advance(done)``; it may raise to stop the build.
     ``before_switch()`` runs after rendering and before going live (the build's last fencing check);
@@ -61,12 +65,12 @@ def build_release(config, *, build_id, attempt, progress, before_switch=None, af
     name = release_name(build_id=build_id, attempt=attempt)
     try:
         expected_live = destination.live_release()
-        writer = destination.begin(name=name, build=build_id, attempt=attempt)
+        writer = destination.begin(name=name, build=build_id, attempt=attempt, **_full_option(destination, full))
     except (OSError, DestinationError) as exc:
         raise ReleaseError(f"Cannot start release {name} in {destination.describe()}: {exc}") from exc
     switched = []
     try:
-        pages = render_site(writer, base_url=config.SITE_URL, progress=progress)
+        pages = render_site(writer, base_url=config.SITE_URL, progress=progress, workers=config.BUILD_WORKERS)
         if before_switch is not None:
             before_switch()
 
@@ -82,6 +86,21 @@ def build_release(config, *, build_id, attempt, progress, before_switch=None, af
         raise
     logger.info("Release %s: %d pages, %s", name, pages, "live" if published.went_live else "kept (newer one is live)")
     return _released(name, pages, published, destination)
+
+
+def _full_option(destination, full):
+    """``{"full": True}`` for a destination whose ``begin`` takes it; ``{}`` when not asked for, or (with a
+    warning) when the destination always compares with the live release."""
+    if not full:
+        return {}
+    if "full" in inspect.signature(destination.begin).parameters:
+        return {"full": True}
+    logger.warning(
+        "A full build was asked for, but the destination %s cannot write every file afresh: it stores what changed "
+        "against the live release, as for any build",
+        destination.describe(),
+    )
+    return {}
 
 
 def _released(name, pages, published, destination):

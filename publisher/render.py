@@ -4,11 +4,23 @@ Pages stream from one query (``.iterator()``), ordered by slug, so memory stays 
 are: the index and the sitemap are written as the pages go by, from the same rows, and therefore agree with them.
 Each page goes only into its own folder of the release (``page_path``); a slug that would lead elsewhere fails the
 build with a ``RenderError`` that names the page.
+
+With ``BUILD_WORKERS`` above 1 (and enough pages), page templates are rendered by that many forked worker processes
+(``ParallelPages``): this process still reads the one snapshot, keeps site order, writes the index and the sitemap,
+and keeps the heartbeat, fencing and signals. Where the release writer allows it (``worker_store``: a local
+folder), workers also hash and store each page, and this process only enters the entries in the manifest.
 """
 
+import gc
 import hashlib
+import html
+import multiprocessing
 import os
 import re
+import signal
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -16,9 +28,10 @@ from django.contrib.staticfiles import finders
 from django.core.exceptions import ValidationError
 from django.template.loader import get_template
 from django.utils import timezone
-from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from .destinations.base import StoredFile
+from .destinations.manifest import FileEntry
 from .models import RESERVED_SLUGS, SLUG_MAX_LENGTH, SLUG_PATTERN, Page
 
 INDEX_PAGE_SIZE = 100
@@ -109,6 +122,10 @@ class IndexWriter:
         self.number = 1
 
     def add(self, slug, title):
+        self.add_escaped(html.escape(slug), html.escape(title))
+
+    def add_escaped(self, slug, title):
+        """``add`` for a slug and a title already HTML-escaped (where the page was rendered)."""
         if len(self.entries) == INDEX_PAGE_SIZE:
             self._flush(has_next=True)
         self.entries.append((slug, title))
@@ -121,12 +138,10 @@ class IndexWriter:
         root = "" if n == 1 else "../../"
         path = "index.html" if n == 1 else f"page/{n}/index.html"
         previous = None if n == 1 else (f"{root}" if n == 2 else f"{root}page/{n - 1}/")
-        # The list items are escaped here, in one pass, rather than by a template loop: a tenth of a build's time.
-        items = "".join(
-            f'<li><a href="{root}{escape(slug)}/">{escape(title)}</a></li>\n' for slug, title in self.entries
-        )
+        # The list items are written here, in one pass, rather than by a template loop: a tenth of a build's time.
+        items = "".join(f'<li><a href="{root}{slug}/">{title}</a></li>\n' for slug, title in self.entries)
         context = {
-            "entries": mark_safe(items),  # every part is escaped above
+            "entries": mark_safe(items),  # every part was escaped by add()
             "number": n,
             "root": root,
             "stylesheet": self.stylesheet,
@@ -138,15 +153,26 @@ class IndexWriter:
         self.number += 1
 
 
+def sitemap_entry(loc, lastmod, tz):
+    """One ``<url>`` of a sitemap, as the template language would write it (escaped; ``|date:"c"`` in the time
+    zone ``tz``), without its cost per URL: the sitemap was an eighth of a build's time. (``html.escape`` is what
+    Django's ``escape`` does to a string, without its lazy-text wrapper.)"""
+    entry = f"<url><loc>{html.escape(loc)}</loc>"
+    if lastmod:
+        entry += f"<lastmod>{lastmod.astimezone(tz).isoformat()}</lastmod>"
+    return entry + "</url>\n"
+
+
 class SitemapWriter:
     """Writes ``sitemap.xml``; above ``SITEMAP_MAX_URLS`` URLs, ``sitemap-N.xml`` files and a sitemap index.
 
     One sitemap file (at most 50,000 URLs) is held in memory until it is complete.
     """
 
-    def __init__(self, release, base_url):
+    def __init__(self, release, base_url, *, tz=None):
         self.release = release
         self.base_url = base_url
+        self.timezone = tz or timezone.get_current_timezone()
         self.urlset_head, self.urlset_tail = get_template("publisher/site/urlset.xml").render({}).split("<!--urls-->")
         self.index_template = get_template("publisher/site/sitemapindex.xml")
         self.files = 0
@@ -156,14 +182,13 @@ class SitemapWriter:
         self.first = None  # sitemap-1's text, until we know whether it is the only file
 
     def add(self, loc, lastmod=None):
+        self.add_entry(sitemap_entry(loc, lastmod, self.timezone))
+
+    def add_entry(self, entry):
+        """``add`` for a ``sitemap_entry`` written where the page was rendered."""
         if self.parts is None or self.count == SITEMAP_MAX_URLS:
             self._next_file()
-        # As the template language would write them (escaped; ``|date:"c"`` in the current time zone), without its
-        # cost per URL: the sitemap was an eighth of a build's time.
-        entry = f"<url><loc>{escape(loc)}</loc>"
-        if lastmod:
-            entry += f"<lastmod>{timezone.localtime(lastmod).isoformat()}</lastmod>"
-        self.buffer.append(entry + "</url>\n")
+        self.buffer.append(entry)
         self.count += 1
         if len(self.buffer) == SITEMAP_RENDER_CHUNK:
             self._drain()
@@ -203,26 +228,33 @@ class SitemapWriter:
         self.release.add("sitemap.xml", self.index_template.render({"sitemaps": sitemaps}), XML)
 
 
-def render_site(release, *, base_url, progress):
+def render_site(release, *, base_url, progress, workers=1):
     """Hand every file of a release to ``release`` (a ``ReleaseWriter``: ``add(path, data, content_type)``);
-    returns the number of pages rendered."""
+    returns the number of pages rendered. ``workers`` (``BUILD_WORKERS``) processes render the pages."""
     pages = published_pages()
-    progress.start(pages.count())
-    stylesheet = add_stylesheet(release)
-    page_template = get_template("publisher/site/page.html")
-    index = IndexWriter(release, stylesheet=stylesheet)
-    sitemap = SitemapWriter(release, base_url)
-    sitemap.add(page_url(base_url))
-    done = 0
-    for row in pages.iterator(chunk_size=2000):
-        page = LivePage(*row)
-        path = page_file(page.slug, page_id=page.pk)
-        context = {"page": page, "root": "../", "stylesheet": stylesheet}
-        release.add(path, page_template.render(context), HTML)
-        index.add(page.slug, page.title)
-        sitemap.add(page_url(base_url, page.slug), page.published_at)
-        done += 1
-        progress.advance(done)
+    total = pages.count()
+    stylesheet, css = stylesheet_file()
+    job = PageJob(
+        template=get_template("publisher/site/page.html"),
+        stylesheet=stylesheet,
+        base_url=base_url,
+        tz=timezone.get_current_timezone(),
+    )
+    parallel = workers > 1 and total >= PARALLEL_MIN_PAGES and can_fork()
+    renderer = ParallelPages(release, job, workers=workers) if parallel else SerialPages(release, job)
+    # Workers are forked before the heartbeat thread starts: a fork copies only the thread that calls it.
+    with renderer as render_pages:
+        progress.start(total)
+        release.add(stylesheet, css, CSS)
+        index = IndexWriter(release, stylesheet=stylesheet)
+        sitemap = SitemapWriter(release, base_url, tz=job.tz)
+        sitemap.add(page_url(base_url))
+        done = 0
+        for slug, title, url in render_pages(pages.iterator(chunk_size=2000)):
+            index.add_escaped(slug, title)
+            sitemap.add_entry(url)
+            done += 1
+            progress.advance(done)
     index.close()
     sitemap.close()
     not_found = {"root": page_url(base_url), "stylesheet": stylesheet}
@@ -232,12 +264,215 @@ def render_site(release, *, base_url, progress):
     return done
 
 
-def add_stylesheet(release):
-    """Add the site's CSS at a content-addressed path, ``assets/<sha256[:16]>/site.css``, and return that path.
+@dataclass(frozen=True)
+class PageJob:
+    """What rendering one page takes, the same in this process and in a render worker."""
+
+    template: object
+    stylesheet: str
+    base_url: str
+    tz: object
+
+    def render(self, row):
+        """A ``published_pages()`` row -> ``(path, UTF-8 bytes, listing)``; the listing is what the index and the
+        sitemap need of the page: its slug and title HTML-escaped, and its sitemap entry."""
+        page = LivePage(*row)
+        path = page_file(page.slug, page_id=page.pk)
+        data = self.template.render({"page": page, "root": "../", "stylesheet": self.stylesheet}).encode("utf-8")
+        url = sitemap_entry(page_url(self.base_url, page.slug), page.published_at, self.tz)
+        return path, data, (html.escape(page.slug), html.escape(page.title), url)
+
+
+class SerialPages:
+    """Renders each page and hands it to the writer in this process: ``with SerialPages(release, job) as
+    render_pages: for listing in render_pages(rows): ...``, each listing yielded once its page is in the release."""
+
+    def __init__(self, release, job):
+        self.release = release
+        self.job = job
+
+    def __enter__(self):
+        return self.render
+
+    def __exit__(self, *exc):
+        return False
+
+    def render(self, rows):
+        add, render = self.release.add, self.job.render
+        for row in rows:
+            path, data, listing = render(row)
+            add(path, data, HTML)
+            yield listing
+
+
+#: Below this many pages, forking workers costs more than it saves.
+PARALLEL_MIN_PAGES = 1_000
+#: Pages per chunk; chunks under way in each worker; chunks held per worker (under way, or rendered and waiting
+#: for an earlier chunk to be handed over): bounded, so memory stays flat.
+CHUNK_PAGES = 200
+IN_FLIGHT_PER_WORKER = 3
+PENDING_CHUNKS_PER_WORKER = 6
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def can_fork():
+    """Workers are forked: they inherit the loaded templates and the writer's store, nothing is pickled but rows."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+class ParallelPages(SerialPages):
+    """Renders pages in ``workers`` processes: this one and ``workers - 1`` forked workers. Yields each page's
+    listing in site order once the page is in the release.
+
+    Pages go in chunks of ``CHUNK_PAGES``: to a worker while it has fewer than ``IN_FLIGHT_PER_WORKER`` chunks
+    under way, else this process renders the chunk itself instead of waiting. A worker renders and encodes each
+    page and, when the writer has a ``worker_store``, hashes and stores it too, returning only what the manifest
+    needs; otherwise it returns the bytes and this process hands them to ``add``. A worker ignores SIGTERM and
+    SIGINT (Heroku signals every process of the dyno; the build process alone acts on them), never touches the
+    database, and is killed when the build stops in any other way than by finishing, so that none writes into a
+    release being removed. Memory stays flat: at most ``PENDING_CHUNKS_PER_WORKER`` chunks per worker are held.
+    """
+
+    def __init__(self, release, job, *, workers):
+        super().__init__(release, job)
+        self.forks = workers - 1
+        self.store = release.worker_store()
+        self.pool = None
+
+    def __enter__(self):
+        # SIGTERM and SIGINT stay blocked from the fork until each worker ignores them; one that arrives meanwhile
+        # is delivered to this process once they are unblocked here.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # What exists now is never collected in a worker: its garbage collector would touch (and so copy) every
+        # page of memory it shares with this process.
+        gc.freeze()
+        try:
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.forks,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_start_worker,
+                initargs=(self.job, self.store),
+            )
+            self.pool.submit(int).result()  # forks every worker now (with "fork", all start at the first task)
+        except BaseException:
+            self._stop(kill=True)
+            raise
+        finally:
+            gc.unfreeze()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return self.render
+
+    def __exit__(self, exc_type, exc, tb):
+        self._stop(kill=exc_type is not None)
+        return False
+
+    def _stop(self, *, kill):
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        if kill:
+            for process in list((pool._processes or {}).values()):
+                process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def render(self, rows):
+        pending = deque()  # in site order: a worker's future, or the results of a chunk rendered here
+        in_workers = 0
+        in_workers_limit = self.forks * IN_FLIGHT_PER_WORKER
+        pending_limit = self.forks * PENDING_CHUNKS_PER_WORKER
+        for chunk in _chunks(rows, CHUNK_PAGES):
+            if in_workers < in_workers_limit:
+                pending.append(self.pool.submit(_render_chunk, chunk))
+                in_workers += 1
+            else:
+                pending.append(_render_rows(self.job, self.store, chunk))
+            while pending and (len(pending) >= pending_limit or _ready(pending[0])):
+                done = pending.popleft()
+                if isinstance(done, Future):
+                    in_workers -= 1
+                yield from self._collect(done)
+        while pending:
+            yield from self._collect(pending.popleft())
+
+    def _collect(self, done):
+        if isinstance(done, Future):
+            try:
+                results = done.result()
+            except BrokenProcessPool as exc:
+                raise RenderError(
+                    f"A render worker process died ({exc}). If the system ran out of memory, set BUILD_WORKERS lower."
+                ) from None
+        else:
+            results = done
+        if self.store is None:
+            add = self.release.add
+            for path, data, slug, title, url in results:
+                add(path, data, HTML)
+                yield slug, title, url
+        else:
+            record = self.release.record
+            for path, sha256, size, linked, slug, title, url in results:
+                record(StoredFile(FileEntry(path, sha256, size, HTML), linked))
+                yield slug, title, url
+
+
+def _ready(pending):
+    return not isinstance(pending, Future) or pending.done()
+
+
+def _chunks(rows, size):
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+#: In a render worker process: ``(job, store)``, set by ``_start_worker``.
+_worker = None
+
+
+def _start_worker(job, store):
+    global _worker
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    _worker = (job, store)
+
+
+def _render_chunk(rows):
+    """In a worker: ``_render_rows`` with what ``_start_worker`` was given."""
+    return _render_rows(*_worker, rows)
+
+
+def _render_rows(job, store, rows):
+    """Render ``rows`` in order. Plain tuples (a dataclass costs ten times as much to pickle): ``(path, bytes,
+    *listing)``, or, having stored the file through ``store``, ``(path, sha256, size, linked, *listing)``."""
+    results = []
+    for row in rows:
+        path, data, listing = job.render(row)
+        if store is None:
+            results.append((path, data, *listing))
+        else:
+            entry, linked = store(path, data, HTML)
+            results.append((path, entry.sha256, entry.size, linked, *listing))
+    return results
+
+
+def stylesheet_file():
+    """The site's CSS: its content-addressed path, ``assets/<sha256[:16]>/site.css``, and its bytes.
 
     A changed stylesheet gets a new path, so HTML from any release finds its own CSS forever and the file can be
     cached as immutable."""
     data = Path(finders.find(STYLESHEET)).read_bytes()
-    path = f"{ASSETS}{hashlib.sha256(data).hexdigest()[:16]}/site.css"
+    return f"{ASSETS}{hashlib.sha256(data).hexdigest()[:16]}/site.css", data
+
+
+def add_stylesheet(release):
+    """Add the site's CSS (``stylesheet_file``) to ``release`` and return its path."""
+    path, data = stylesheet_file()
     release.add(path, data, CSS)
     return path

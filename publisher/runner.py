@@ -91,8 +91,11 @@ class Result:
     message: str
 
 
-def run(claim):
+def run(claim, *, full=False):
     """Render and go live under ``claim``; record the outcome; promote the next build. Returns a ``Result``.
+
+    ``full`` (``buildstaticsite --full``) writes every file of the release afresh instead of reusing the live
+    release's unchanged ones.
 
     SIGTERM (installed by the caller with ``interrupts.install``) records the interruption, removes the partial
     release and returns exit code 143, leaving any launch to the sweep.
@@ -139,6 +142,7 @@ def run(claim):
             progress=progress,
             before_switch=before_switch,
             after_switch=record_success,
+            full=full,
         )
         # Still inside the try: a SIGTERM on the way out is caught below, and the switch decides the outcome.
         return _succeeded(config, claim, outcome, progress)

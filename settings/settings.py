@@ -266,4 +266,5 @@ PUBLISHER = {
     "BUILD_RETRY_MAX": env.integer("BUILD_RETRY_MAX", 1800),
     "BUILD_MAX_ATTEMPTS": env.integer("BUILD_MAX_ATTEMPTS", 5),
     "BUILD_HISTORY_DAYS": env.integer("BUILD_HISTORY_DAYS", 90),
+    "BUILD_WORKERS": env.integer("BUILD_WORKERS", None),  # None: one per CPU this process may use
 }

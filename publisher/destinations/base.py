@@ -10,6 +10,7 @@ than the live one. Failures raise ``DestinationError`` (or a subclass) with the 
 import datetime
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..backends import Backend
 from .manifest import FileEntry, Manifest
@@ -79,8 +80,22 @@ class Pruned(list):
         self.deleted = int(deleted)
 
 
+class StoredFile(NamedTuple):
+    """What a render worker stored through ``ReleaseWriter.worker_store()``: the file's manifest entry, and whether
+    it was linked from the live release (``True``) or written (``False``)."""
+
+    entry: FileEntry
+    linked: bool = False
+
+
 class ReleaseWriter:
-    """One release being written. Subclasses implement ``_store``; ``add`` records the manifest."""
+    """One release being written. Subclasses implement ``_store``; ``add`` records the manifest.
+
+    A writer may also let render workers (other processes, ``BUILD_WORKERS``) hash and store files themselves:
+    ``worker_store()`` then returns a picklable callable, and the build process enters each result in the manifest
+    with ``record``, in site order. Writers that store through the build process (S3's transfers, the recording
+    double) return ``None`` and every file goes through ``add``.
+    """
 
     def __init__(self, destination, *, name, build, attempt, parent):
         self.destination = destination
@@ -98,6 +113,17 @@ class ReleaseWriter:
 
     def _store(self, entry, data):
         raise NotImplementedError(f"{type(self).__name__} must implement _store()")
+
+    def worker_store(self):
+        """A picklable callable ``store(path, data: bytes, content_type) -> StoredFile`` that stores one file of
+        this release from another process (a render worker, never touching the database), or ``None`` when files
+        must be handed to ``add`` in the build process (the default)."""
+        return None
+
+    def record(self, stored):
+        """Enter in the manifest a file that a worker stored through ``worker_store()``; returns its entry."""
+        self.manifest.add(stored.entry)
+        return stored.entry
 
     def abort(self):
         """Remove what this writer stored; the live site is untouched (a no-op where leftovers are collected)."""
@@ -121,7 +147,11 @@ class BaseDestination(Backend):
         raise NotImplementedError(f"{type(self).__name__} must implement manifest()")
 
     def begin(self, *, name, build, attempt):
-        """A ``ReleaseWriter`` for a new release; leftovers of dead builds are removed or reused here."""
+        """A ``ReleaseWriter`` for a new release; leftovers of dead builds are removed or reused here.
+
+        A destination that reuses the live release's files (S3's server-side copies, local hard links) may also
+        accept ``full=True`` (``buildstaticsite --full``): write every file afresh. ``build_release`` passes the
+        keyword only when it is true, and only to a ``begin`` that takes it (``accepts_full``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement begin()")
 
     def publish(self, writer, *, pages, expected_live, after_switch=None):

@@ -4,6 +4,13 @@ A build writes ``SITE_ROOT/releases/.tmp-<name>/`` (with ``manifest.json`` and `
 ``releases/<name>/`` once complete (the rename is the seal), then points ``SITE_ROOT/current`` at it by
 ``os.replace`` of a new relative symlink. Killed at any instant, ``current`` still names the previous complete
 release; a partial release is never served, and the next build removes it.
+
+Only what changed is written: a file whose path and SHA-256 are the live release's (its manifest says so) is
+hard-linked from the live release instead, so a one-page edit writes a few files and links the rest. Releases stay
+independent (a link is one more name for the same bytes: deleting the old release leaves the new one whole), and no
+file is ever opened for writing once it exists, so a file shared between releases is never changed in place: a
+changed file is a new file. Where links are refused (another file system, a file system without them, too many
+links) the bytes are written. ``buildstaticsite --full`` writes every file afresh.
 """
 
 import datetime
@@ -26,8 +33,10 @@ from .base import (
     Published,
     ReleaseNotFound,
     ReleaseWriter,
+    StoredFile,
     release_order,
 )
+from .manifest import FileEntry
 
 logger = logging.getLogger(__name__)
 
@@ -117,23 +126,132 @@ class SiteRoot:
         return Pruned(removed, deleted=deleted)
 
 
-class LocalReleaseWriter(ReleaseWriter):
-    """Writes into ``releases/.tmp-<name>/``; ``path`` is the final folder once published."""
+#: ``os.link`` errors after which the bytes are written instead: another file system (EXDEV), a file system or
+#: policy that refuses hard links (EPERM, e.g. ``fs.protected_hardlinks``; EOPNOTSUPP), too many links to one file
+#: (EMLINK). The value says whether every other link would fail too (then this process stops trying).
+LINK_REFUSED = {errno.EXDEV: True, errno.EPERM: True, errno.EOPNOTSUPP: True, errno.EMLINK: False}
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
-    def __init__(self, destination, **kwargs):
+
+class ReleaseFiles:
+    """Stores the files of one release folder, linking unchanged ones from the live release.
+
+    Free of Django and picklable: the build process and its render workers (``worker_store``) each hold a copy and
+    store into the same folder. ``live_files`` maps each path of the live release to its SHA-256 (its manifest).
+    A file is only ever created (``O_EXCL``), never opened for writing if it exists: a linked file is shared with
+    the live release, so writing through it would change what is live.
+    """
+
+    def __init__(self, root, *, live_root=None, live_files=None):
+        self.root = os.path.abspath(root)
+        self.live_root = os.path.abspath(live_root) if live_root and live_files else None
+        self.live_files = live_files if self.live_root else {}
+        self.linking = self.live_root is not None
+        self._prefix = self.root + os.sep
+
+    def __call__(self, path, data, content_type):
+        """``worker_store``: hash and store one file; returns a ``StoredFile``."""
+        entry = FileEntry.of(path, data, content_type)
+        return StoredFile(entry, self.put(entry, data))
+
+    def put(self, entry, data):
+        """Store ``data`` as ``entry.path``: a hard link when the live release has that path with that SHA-256,
+        else a new file. Returns whether it was linked."""
+        target = self._target(entry.path)
+        if self.linking and self.live_files.get(entry.path) == entry.sha256 and self._link(entry.path, target):
+            return True
+        self._create(target, data)
+        return False
+
+    def create(self, path, data):
+        """Store ``data`` as a new file ``path`` (never linked: ``manifest.json``, ``release.json``)."""
+        self._create(self._target(path), data)
+
+    def _target(self, path):
+        target = os.path.normpath(os.path.join(self.root, path))
+        if not target.startswith(self._prefix) or os.path.isabs(path):
+            raise ValueError(f"{path!r} is not a path inside the release")
+        folder = os.path.dirname(target)
+        if folder != self.root:
+            try:
+                os.mkdir(folder)  # a page's own folder: new, one call
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)  # page/N/
+        return target
+
+    def _link(self, path, target):
+        source = os.path.join(self.live_root, path)
+        try:
+            try:
+                os.link(source, target)
+            except FileExistsError:
+                os.unlink(target)  # this release's own file at this path: replace it, never write through it
+                os.link(source, target)
+            return True
+        except FileNotFoundError:
+            return False  # the live release lacks the file its manifest lists (damaged by hand): write it
+        except OSError as exc:
+            stop = LINK_REFUSED.get(exc.errno)
+            if stop is None:
+                raise
+            if stop and self.linking:
+                self.linking = False
+                logger.warning("Hard links refused in %s (%s): writing every file", self.root, exc.strerror)
+            return False
+
+    def _create(self, target, data):
+        try:
+            fd = os.open(target, _WRITE_FLAGS, 0o666)
+        except FileExistsError:
+            os.unlink(target)  # replace, never write through: it may be a link to a live release's file
+            fd = os.open(target, _WRITE_FLAGS, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+
+class LocalReleaseWriter(ReleaseWriter):
+    """Writes into ``releases/.tmp-<name>/``; ``path`` is the final folder once published.
+
+    ``live_files`` (path -> SHA-256 of the live release, from its manifest; ``None`` to write everything) decides
+    what is linked from the live release ``parent``. ``linked``, ``written`` and ``bytes_written`` count what this
+    release took from each, workers' files included once ``record``ed.
+    """
+
+    def __init__(self, destination, *, live_files=None, **kwargs):
         super().__init__(destination, **kwargs)
         self.site = destination.site
         self.path = self.site.releases / f"{TMP_PREFIX}{self.name}"
         self.final_path = self.site.releases / self.name
         self.site.releases.mkdir(parents=True, exist_ok=True)
         self.path.mkdir()
+        parent = self.manifest.parent
+        self.files = ReleaseFiles(
+            self.path, live_root=self.site.releases / parent if parent else None, live_files=live_files
+        )
+        self.linked = self.written = self.bytes_written = 0
 
     def _store(self, entry, data):
-        target = Path(os.path.normpath(self.path / entry.path))
-        if self.path not in target.parents:
-            raise ValueError(f"{entry.path!r} is not a path inside the release")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        self._count(entry, self.files.put(entry, data))
+
+    def worker_store(self):
+        return self.files
+
+    def record(self, stored):
+        self._count(stored.entry, stored.linked)
+        return super().record(stored)
+
+    def _count(self, entry, linked):
+        if linked:
+            self.linked += 1
+        else:
+            self.written += 1
+            self.bytes_written += entry.size
 
     def abort(self):
         if self.path != self.final_path:
@@ -181,10 +299,18 @@ class LocalDestination(BaseDestination):
         except (OSError, ValueError, KeyError) as exc:
             raise ReleaseNotFound(f"Release {name} has no readable manifest ({type(exc).__name__}).") from None
 
-    def begin(self, *, name, build, attempt):
+    def begin(self, *, name, build, attempt, full=False):
+        """A writer for ``releases/.tmp-<name>/`` that links unchanged files from the live release (its sealed
+        manifest), or writes every file when ``full`` (or when the live release has no readable manifest)."""
         self.site.remove_stale_partials()
         live = self.site.live_name()
-        return LocalReleaseWriter(self, name=name, build=build, attempt=attempt, parent=live)
+        live_files = None
+        if live and not full:
+            try:
+                live_files = {path: entry.sha256 for path, entry in self.manifest(live).files.items()}
+            except ReleaseNotFound as exc:
+                logger.warning("Writing every file of %s: %s", name, exc)
+        return LocalReleaseWriter(self, name=name, build=build, attempt=attempt, parent=live, live_files=live_files)
 
     def publish(self, writer, *, pages, expected_live=None, after_switch=None):
         """Seal (manifest and ``release.json``, then the rename) and switch ``current``; signals are held off
@@ -193,15 +319,16 @@ class LocalDestination(BaseDestination):
         manifest.pages = pages
         manifest.created_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         meta = {"build": manifest.build, "attempt": manifest.attempt, "name": writer.name, "time": manifest.created_at}
-        (writer.path / MANIFEST).write_text(manifest.to_json())
-        (writer.path / "release.json").write_text(json.dumps({**meta, "pages": pages}, indent=2) + "\n")
+        writer.files.create(MANIFEST, manifest.to_json().encode())
+        writer.files.create("release.json", (json.dumps({**meta, "pages": pages}, indent=2) + "\n").encode())
         with critical_section():
             os.rename(writer.path, writer.final_path)
             writer.path = writer.final_path
             fsync_dir(self.site.releases)
             went_live = self.site.switch_to(writer.name)
+            # Written / linked: as S3's uploaded / copied, for the build's history.
             published = Published(
-                went_live=went_live, uploaded=len(manifest.files), bytes_uploaded=manifest.total_bytes
+                went_live=went_live, uploaded=writer.written, copied=writer.linked, bytes_uploaded=writer.bytes_written
             )
             if after_switch is not None:
                 after_switch(published)
