@@ -26,6 +26,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--wait", action="store_true", help="wait for an active build to end, then build")
         parser.add_argument("--poll", type=float, default=2.0, help="seconds between --wait checks")
+        parser.add_argument(
+            "--full",
+            action="store_true",
+            help="write every file of the release afresh instead of linking unchanged ones from the live release",
+        )
 
     def execute(self, *args, **options):
         # The system checks run before handle(): keep which build this process was started for, to record there
@@ -63,7 +68,7 @@ class Command(BaseCommand):
         if not recorded:
             logger.warning("Build #%s: not re-queued (not launching or launched with this token)", build_id)
 
-    def handle(self, *args, build, token, wait, poll, **options):
+    def handle(self, *args, build, token, wait, poll, full=False, **options):
         if build is not None and token is None:
             # The launchers pass the token in the environment: a command line shows it, and argparse would read
             # a token starting with "-" as an option.
@@ -79,7 +84,7 @@ class Command(BaseCommand):
             claim = self._claim(build, token) if build is not None else self._take_slot(wait, poll)
             if claim is None:
                 return
-            result = runner.run(claim)
+            result = runner.run(claim, full=full)
         except interrupts.BuildInterrupted as exc:  # before the claim: nothing was written, nothing to remove
             raise CommandError(f"Build {exc} before it started.", returncode=exc.exit_code) from None
         finally:
