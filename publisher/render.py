@@ -242,8 +242,10 @@ def render_site(release, *, base_url, progress, workers=1):
     )
     parallel = workers > 1 and total >= PARALLEL_MIN_PAGES and can_fork()
     renderer = ParallelPages(release, job, workers=workers) if parallel else SerialPages(release, job)
-    # Workers are forked before the heartbeat thread starts: a fork copies only the thread that calls it.
-    with renderer as render_pages:
+    with renderer:
+        # Workers are forked before the heartbeat thread starts (a fork copies only the thread that calls it), and
+        # inside the ``with``: however this ends, even by a signal during the fork, they are stopped.
+        render_pages = renderer.start()
         progress.start(total)
         release.add(stylesheet, css, CSS)
         index = IndexWriter(release, stylesheet=stylesheet)
@@ -284,14 +286,17 @@ class PageJob:
 
 
 class SerialPages:
-    """Renders each page and hands it to the writer in this process: ``with SerialPages(release, job) as
-    render_pages: for listing in render_pages(rows): ...``, each listing yielded once its page is in the release."""
+    """Renders each page and hands it to the writer in this process: ``with pages: for listing in
+    pages.start()(rows): ...``, each listing yielded once its page is in the release."""
 
     def __init__(self, release, job):
         self.release = release
         self.job = job
 
     def __enter__(self):
+        return self
+
+    def start(self):
         return self.render
 
     def __exit__(self, *exc):
@@ -339,9 +344,10 @@ class ParallelPages(SerialPages):
         self.store = release.worker_store()
         self.pool = None
 
-    def __enter__(self):
+    def start(self):
+        """Fork the workers (``__exit__`` stops them); returns the function that renders rows."""
         # SIGTERM and SIGINT stay blocked from the fork until each worker ignores them; one that arrives meanwhile
-        # is delivered to this process once they are unblocked here.
+        # is delivered to this process once they are unblocked here (and ``__exit__`` kills the workers).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         # What exists now is never collected in a worker: its garbage collector would touch (and so copy) every
         # page of memory it shares with this process.
@@ -354,9 +360,6 @@ class ParallelPages(SerialPages):
                 initargs=(self.job, self.store),
             )
             self.pool.submit(int).result()  # forks every worker now (with "fork", all start at the first task)
-        except BaseException:
-            self._stop(kill=True)
-            raise
         finally:
             gc.unfreeze()
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
