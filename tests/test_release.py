@@ -383,3 +383,26 @@ def test_the_python_api_cannot_publish_a_page_outside_site_root(site_root, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
     assert sorted(p.name for p in live(site_root).iterdir() if p.is_dir()) == ["assets", "hello"]
     assert (live(site_root) / "index.html").read_text().count('<li><a href="') == 1
+
+
+def test_pruning_comes_after_the_success_is_recorded_and_the_next_build_is_launched(site_root, monkeypatch):
+    """Issue 11: pruning is never on the path between a finished render and the change being live."""
+    from publisher import runner
+
+    publish("hello")
+    Build.objects.all().delete()
+    order = []
+    launch_next = runner.builds.launch_next
+
+    def launching_next():
+        order.append(("launch next", Build.objects.get().state))
+        return launch_next()
+
+    def pruning(config):
+        order.append(("prune", Build.objects.get().state))
+        return []
+
+    monkeypatch.setattr(runner.builds, "launch_next", launching_next)
+    monkeypatch.setattr(runner, "prune_releases", pruning)
+    call_command("buildstaticsite")
+    assert order == [("launch next", "succeeded"), ("prune", "succeeded")]
