@@ -27,6 +27,7 @@ HEROKU_OPTIONS = {
     "COMMAND_PREFIX": "",
     "CONNECT_TIMEOUT": 5,
     "READ_TIMEOUT": 15,
+    "TOTAL_TIMEOUT": 30,
 }
 
 

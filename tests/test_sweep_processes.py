@@ -9,7 +9,7 @@ import sys
 import pytest
 from django.utils import timezone
 
-from publisher import sweep
+from publisher import deferred, sweep
 from publisher.launchers.local import LocalLauncher
 from publisher.models import ACTIVE_STATES, Build, BuildState, Page
 from publisher.release import SiteRoot
@@ -106,6 +106,7 @@ def test_a_build_killed_before_it_claims_is_relaunched(local_builds, site_root, 
     never_claims.chmod(0o755)
     local_builds["PYTHON"] = str(never_claims)
     Page(slug="hello", title="Hello", body="hello there").publish()
+    assert deferred.wait(timeout=30)  # the local launcher launches after the commit, in a thread
     launched = Build.objects.get()
     assert launched.state == S.LAUNCHED
     os.killpg(launched.handle["pid"], signal.SIGKILL)
