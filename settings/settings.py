@@ -178,8 +178,9 @@ Q_CLUSTER = {
     "orm": "default",
     # A sweep pass is light work; one worker keeps database connections and memory low.
     "workers": 1,
-    # The worst pass: one launch plus status calls and a stop, each at most HEROKU_CONNECT_TIMEOUT +
-    # HEROKU_READ_TIMEOUT (20 s) = 80 s, plus database time. A pass running longer than this is killed.
+    # The worst pass: one launch plus status calls and a stop, each at most HEROKU_TOTAL_TIMEOUT (30 s by default):
+    # 4 x 30 s = 120 s, plus database time. A pass running longer than this is killed: keep HEROKU_TOTAL_TIMEOUT
+    # at or below about 35 s, or raise this with it.
     "timeout": 150,
     # Must exceed timeout, or a pass still running would be handed out a second time.
     "retry": 180,
