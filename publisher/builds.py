@@ -98,6 +98,9 @@ HAND_OVER = Transition(
 )  # a re-queue that found another build queued
 CLAIM = Transition("claim", (S.LAUNCHING, S.LAUNCHED), S.RUNNING, (Actor.BUILD,), Retry.NOT_NEEDED)
 BY_HAND = Transition("build by hand", (), S.RUNNING, (Actor.SHELL,), Retry.NOT_NEEDED)
+# A build by hand takes over the queued build (and its requests) rather than overtaking it with a higher id, whose
+# release would then outrank the queued build's forever: builds claim in the order of their ids.
+TAKE_OVER = Transition("build by hand takes the queue", (S.QUEUED,), S.RUNNING, (Actor.SHELL,), Retry.NOT_NEEDED)
 SUCCEED = Transition("succeed", (S.RUNNING,), S.SUCCEEDED, (Actor.BUILD, Actor.SHELL), Retry.NOT_NEEDED)
 FAIL = Transition("build error", (S.RUNNING,), S.FAILED, (Actor.BUILD, Actor.SHELL), Retry.NO)
 INTERRUPT = Transition("interrupted", (S.RUNNING,), S.FAILED, (Actor.BUILD,), Retry.NEW_REQUEST)
@@ -118,6 +121,7 @@ TRANSITIONS = (
     HAND_OVER,
     CLAIM,
     BY_HAND,
+    TAKE_OVER,
     SUCCEED,
     FAIL,
     INTERRUPT,
@@ -667,29 +671,41 @@ def _record_own_handle(build_id, token, launcher_name):
 
 
 def start_manual(*, process, reason="manual build"):
-    """A person at a shell takes the active slot directly (``running``). Returns a Claim, or None if one is active."""
+    """A person at a shell takes the active slot directly (``running``). Returns a Claim, or None if one is active.
+
+    A queued build is taken over (``TAKE_OVER``: its requests are covered by this build, which reads content after
+    they committed), so builds always claim in the order of their ids and every release outranks the one before.
+    """
     token = new_token()
     at = now()
+    running = {
+        "manual": True,
+        "launcher": "manual",
+        "handle": process,
+        "launch_token": token,
+        "launched_at": at,
+        "started_at": at,
+        "heartbeat_at": at,
+        "progress_at": at,
+        "pages_done": 0,
+    }
     try:
         with transaction.atomic():
-            build = _insert(
-                BY_HAND,
-                manual=True,
-                launcher="manual",
-                handle=process,
-                launch_token=token,
-                created_at=at,
-                launched_at=at,
-                started_at=at,
-                heartbeat_at=at,
-                progress_at=at,
-                pages_done=0,
+            queued = Build.objects.filter(state=S.QUEUED).values("pk", "attempt").first()
+            taken = queued is not None and _move(
+                TAKE_OVER, queued["pk"], next_attempt_at=None, **_NO_LAUNCH_ERROR, **running
             )
-            BuildRequest.objects.create(reason=reason, build=build, created_at=at)
+            if taken:
+                build_id, attempt = queued["pk"], queued["attempt"]
+            else:
+                build = _insert(BY_HAND, created_at=at, **running)
+                build_id, attempt = build.pk, build.attempt
+            BuildRequest.objects.create(reason=reason, build_id=build_id, created_at=at)
     except IntegrityError:
         return None
-    logger.info("Build #%s started by hand on %s", build.pk, describe_process(process))
-    return Claim(build.pk, token, build.attempt, at, manual=True)
+    took = " (it took over the queued build)" if taken else ""
+    logger.info("Build #%s started by hand on %s%s", build_id, describe_process(process), took)
+    return Claim(build_id, token, attempt, at, manual=True)
 
 
 def describe_process(process):

@@ -144,6 +144,14 @@ def scenario_by_hand(capture, clock, monkeypatch):
     return claim.build_id
 
 
+def scenario_take_over(capture, clock, monkeypatch):
+    recording.fail_next(LaunchError("Heroku is unavailable (503)", status=503))
+    builds.request_build("a publish whose launch fails")  # build #1 waits queued, with a backoff
+    with capture:
+        claim = builds.start_manual(process={"host": "laptop", "pid": 1})
+    return claim.build_id
+
+
 def scenario_succeed(capture, clock, monkeypatch):
     claim = running_claim()
     with capture:
@@ -206,6 +214,7 @@ SCENARIOS = {
     builds.HAND_OVER: scenario_hand_over,
     builds.CLAIM: scenario_claim,
     builds.BY_HAND: scenario_by_hand,
+    builds.TAKE_OVER: scenario_take_over,
     builds.SUCCEED: scenario_succeed,
     builds.FAIL: scenario_fail,
     builds.INTERRUPT: scenario_interrupt,
@@ -268,6 +277,7 @@ def test_the_table_is_the_designs():
         ("handed over", (S.LAUNCHING, S.LAUNCHED), S.FAILED, Retry.HANDED_OVER),
         ("claim", (S.LAUNCHING, S.LAUNCHED), S.RUNNING, Retry.NOT_NEEDED),
         ("build by hand", (), S.RUNNING, Retry.NOT_NEEDED),
+        ("build by hand takes the queue", (S.QUEUED,), S.RUNNING, Retry.NOT_NEEDED),
         ("succeed", (S.RUNNING,), S.SUCCEEDED, Retry.NOT_NEEDED),
         ("build error", (S.RUNNING,), S.FAILED, Retry.NO),
         ("interrupted", (S.RUNNING,), S.FAILED, Retry.NEW_REQUEST),
