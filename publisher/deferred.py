@@ -11,6 +11,7 @@ builds stuck in ``launching`` and finishes cancels.
 transaction a test runs in, whose on-commit callbacks never run).
 """
 
+import atexit
 import logging
 import threading
 
@@ -59,3 +60,18 @@ def wait(timeout=None):
     for thread in running:
         thread.join(timeout)
     return not any(thread.is_alive() for thread in running)
+
+
+#: How long a process that is exiting waits for its deferred work (a launch is bounded by HEROKU_TOTAL_TIMEOUT).
+EXIT_WAIT = 40
+
+
+@atexit.register
+def _finish_before_exit():
+    """A command that published (``devsetup``, a script in ``manage.py shell``) must not exit with its launch half
+    done: daemon threads are dropped at exit, and the build would wait for the sweep. Wait for them, bounded."""
+    with _lock:
+        running = len(_threads)
+    if running:
+        logger.info("Waiting up to %ss for %s deferred task(s) (a launch) before exiting", EXIT_WAIT, running)
+        wait(timeout=EXIT_WAIT)

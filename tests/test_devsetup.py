@@ -6,6 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from publisher.launchers import LaunchError
+from publisher.launchers.recording import RecordingLauncher
 from publisher.models import Build, BuildRequest, Page
 
 pytestmark = pytest.mark.django_db(transaction=True)  # real commits: the request is dispatched on commit
@@ -70,3 +71,22 @@ def test_the_build_it_requested_puts_the_demo_pages_on_the_site(dev, recording_l
     assert "Welcome" in (site_root / "current" / "welcome" / "index.html").read_text()
     index = (site_root / "current" / "index.html").read_text()
     assert all(title in index for title in ("Welcome", "About us", "Contact"))
+
+
+class LaunchesAfterTheCommit(RecordingLauncher):
+    """Like a real launcher: the launch runs in a thread after the commit, not inside the publish."""
+
+    answers_at_once = False
+
+
+def test_it_waits_for_a_launch_that_runs_after_the_commit(dev, recording_launcher, settings):
+    """``make run``: the command used to exit while its launch thread was still running, and the build waited for the
+    sweep (half a minute in the worker) instead of starting at once."""
+    settings.PUBLISHER = {
+        **settings.PUBLISHER,
+        "LAUNCHER": {"BACKEND": f"{__name__}.LaunchesAfterTheCommit", "OPTIONS": {}},
+    }
+    output = devsetup()
+    build = Build.objects.get()
+    assert len(recording_launcher.launches) == 1 and build.state == "launched"
+    assert f"Build #{build.pk} has started" in output and "is starting" not in output

@@ -6,9 +6,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.urls import reverse
 
-from ...builds import collect_outcomes
+from ... import deferred
+from ...builds import Outcome, collect_outcomes, launcher_for
 from ...conf import get_config
-from ...models import Page
+from ...models import Build, BuildState, Page
 
 DEMO_PAGES = [
     ("welcome", "Welcome", "This site is built by publisher.\n\nEdit pages in the admin and press Publish."),
@@ -57,6 +58,9 @@ class Command(BaseCommand):
         if not outcomes:
             return f"{created}; the build they requested is launched by the worker within a minute: {builds_url}"
         outcome = outcomes[-1]
+        if outcome.kind == "starting" and deferred.wait(timeout=deferred.EXIT_WAIT):
+            # The launch ran after the commit, in a thread: say where it went, as a publish in the admin would.
+            outcome = where_request_went_for(outcome.build_id) or outcome
         build = f"build #{outcome.build_id}" if outcome.build_id else "a build"
         then = (
             f"The site appears at {site_url} when it finishes; no need to build by hand."
@@ -64,3 +68,19 @@ class Command(BaseCommand):
             else f"Builds in the admin show how it goes: {builds_url}"
         )
         return f"{created}; publishing them requested {build}.\n  {outcome.for_operators}\n  {then}"
+
+
+def where_request_went_for(build_id):
+    """The launched build in words ("Build #1 has started ... (launched on pid 42 on laptop)"), or None."""
+    build = Build.objects.filter(pk=build_id).values("state", "handle", "launcher", "manual", "error").first()
+    if build is None:
+        return None
+    if build["state"] in (BuildState.LAUNCHED, BuildState.RUNNING, BuildState.SUCCEEDED):
+        where = launcher_for(build).describe(build["handle"]) if build["handle"] else "its launcher"
+        message = f"Build #{build_id} has started; your change is live when it finishes."
+        return Outcome("launched", message, build_id, detail=f"launched on {where}")
+    if build["state"] == BuildState.QUEUED and build["error"]:
+        return Outcome(
+            "launch_failed", f"Build #{build_id} could not start yet.", build_id, ok=False, detail=build["error"]
+        )
+    return None
