@@ -69,6 +69,7 @@ def no_workers_left():
     return not multiprocessing.active_children()
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("workers", [2, 3])
 def test_a_parallel_build_is_byte_identical_to_a_serial_one(site_root, settings, small_chunks, monkeypatch, workers):
     monkeypatch.setattr(render, "SITEMAP_MAX_URLS", 40)  # several sitemap files and a sitemap index
@@ -314,6 +315,7 @@ def group_alive(pgid):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("whole_group", [False, True], ids=["to the build process", "to every process (Heroku)"])
 def test_sigterm_during_a_parallel_build_exits_143_and_leaves_no_worker(children, child_env, site_root, whole_group):
