@@ -64,9 +64,9 @@ def test_the_build_history_says_where_the_site_went(admin_client, site_root):
     assert build.published["destination"] == str(site_root) and build.published["uploaded"] >= 4
     html = admin_client.get(CHANGELIST).content.decode()
     assert f"Live: release <code>{build.release}</code> (build #{build.pk})" in html
-    assert f"{build.published['uploaded']:,} uploaded, 0 copied" in html and build.release in html
+    assert f"{build.published['uploaded']:,} written, 0 linked" in html and build.release in html
     page = admin_client.get(change_url(build)).content.decode()
-    assert f"{build.published['uploaded']:,} uploaded, 0 copied" in page and f"to {site_root}" in page
+    assert f"{build.published['uploaded']:,} written, 0 linked" in page and f"to {site_root}" in page
     assert build.launch_token not in page and build.launch_token not in html, "the launch token is never shown"
 
 

@@ -248,6 +248,16 @@ def test_first_publish_stores_every_file_with_its_type_and_checksum_then_the_sea
         destination.open(name, "missing/index.html")
 
 
+def test_a_full_build_uploads_every_file_and_copies_nothing(bucket, calls):
+    """``buildstaticsite --full`` on S3: every file afresh, even those the live release has."""
+    bulk_published(20)
+    first = build(build_id=1)
+    calls.clear()
+    second = build_release(get_config(), build_id=2, attempt=1, progress=Progress(), full=True)
+    assert second.went_live and second.copied == 0 and second.uploaded == first.uploaded
+    assert "CopyObject" not in calls.kinds()
+
+
 def test_a_one_page_edit_uploads_only_what_changed_and_copies_the_rest_server_side(bucket, calls):
     bulk_published(200)
     first = build(build_id=1)

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from publisher import render
 from publisher.conf import get_config
-from publisher.destinations import local
+from publisher.destinations import local, recording
+from publisher.destinations.recording import RecordingDestination
 from publisher.models import Build, Page
 from publisher.progress import Progress
 from publisher.release import build_release, prune_releases
@@ -228,14 +229,20 @@ def test_the_build_history_says_what_was_written_and_what_was_linked(site_root, 
     assert not any(os.stat(site_root / "current" / path).st_nlink > 1 for path in manifest(site_root / "current"))
 
 
+class DestinationWithoutFull(RecordingDestination):
+    """A third-party destination written before ``begin`` took ``full``."""
+
+    def begin(self, *, name, build, attempt):
+        return super().begin(name=name, build=build, attempt=attempt)
+
+
 def test_a_destination_without_full_builds_as_usual_and_says_so(site_root, settings, caplog):
     """A third-party destination whose ``begin`` predates ``full`` still builds; the log says ``--full`` could not
     be honoured."""
     settings.PUBLISHER = {
         **settings.PUBLISHER,
-        "DESTINATION": {"BACKEND": "publisher.destinations.recording.RecordingDestination"},
+        "DESTINATION": {"BACKEND": f"{__name__}.DestinationWithoutFull"},
     }
-    from publisher.destinations import recording
 
     recording.reset()
     try:

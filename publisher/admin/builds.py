@@ -224,10 +224,13 @@ class BuildAdmin(admin.ModelAdmin):
         went = ""
         if published:
             kept = "" if published.get("went_live", True) else "; kept, a newer release was live"
+            stored, reused = _transfer_words(published)
             went = format_html(
-                '<span class="publisher-small">{} uploaded, {} copied ({}){}</span>',
+                '<span class="publisher-small">{} {}, {} {} ({}){}</span>',
                 f"{published.get('uploaded', 0):,}",
+                stored,
                 f"{published.get('copied', 0):,}",
+                reused,
                 filesizeformat(published.get("bytes_uploaded") or 0),
                 kept,
             )
@@ -239,9 +242,10 @@ class BuildAdmin(admin.ModelAdmin):
         published = build.published or {}
         if not published:
             return "—"
+        stored, reused = _transfer_words(published)
         parts = [
-            f"{published.get('uploaded', 0):,} uploaded",
-            f"{published.get('copied', 0):,} copied",
+            f"{published.get('uploaded', 0):,} {stored}",
+            f"{published.get('copied', 0):,} {reused}",
         ]
         if "deleted" in published:
             parts.append(f"{_count(published['deleted']):,} deleted")
@@ -534,3 +538,11 @@ class SweepStatusAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def _transfer_words(published):
+    """How a destination stored a release's files, in its own words: S3 uploads and copies server-side; a folder
+    (local) writes files and hard-links the unchanged ones from the live release."""
+    if str(published.get("destination") or "").startswith("s3://"):
+        return "uploaded", "copied"
+    return "written", "linked"

@@ -168,7 +168,7 @@ class RecordingDestination(BaseDestination):
         except KeyError:
             raise ReleaseNotFound(f"No sealed release {name!r}") from None
 
-    def begin(self, *, name, build, attempt):
+    def begin(self, *, name, build, attempt, full=False):
         live = pointer
         _at("begin", name)
         with _lock:
@@ -180,7 +180,7 @@ class RecordingDestination(BaseDestination):
             build=build,
             attempt=attempt,
             parent=live.release if live else None,
-            parent_manifest=manifests.get(live.release) if live else None,
+            parent_manifest=manifests.get(live.release) if live and not full else None,
         )
 
     def publish(self, writer, *, pages, expected_live=None, after_switch=None):

@@ -549,10 +549,12 @@ class S3Destination(BaseDestination):
         except (ValueError, KeyError, TypeError) as exc:
             raise ReleaseNotFound(f"Release {name} has no readable manifest ({type(exc).__name__}).") from None
 
-    def begin(self, *, name, build, attempt):
+    def begin(self, *, name, build, attempt, full=False):
+        """A writer that copies unchanged files server-side from the live release, or uploads every file when
+        ``full`` (``buildstaticsite --full``) or when the live release has no manifest."""
         live, etag = self._pointer if self._pointer is not None else self._read_pointer()
         parent = None
-        if live is not None:
+        if live is not None and not full:
             try:
                 parent = self.manifest(live.release)
             except ReleaseNotFound:
