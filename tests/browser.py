@@ -39,6 +39,9 @@ def web(children, child_env, tmp_path, settings):
         "SITE_URL": f"{base}/site/",
         "SITE_SERVE": "1",
         "BUILD_HEARTBEAT_INTERVAL": "1",
+        # One render process: a build long enough to watch whatever the machine's cores (the test is about the
+        # editor's view, not speed).
+        "BUILD_WORKERS": "1",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
     }
     log = open(tmp_path / "web.log", "w")  # closed at teardown

@@ -19,9 +19,9 @@ from .conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.browser]
 
-#: Enough pages that a build runs for several seconds (heartbeat every second), so progress can be seen to move and a
-#: running build can be cancelled from its page.
-SITE_PAGES = 60_000
+#: Enough pages that a build runs for well over ten seconds (one render process, heartbeat every second), so the
+#: banner, which refreshes every few seconds, can be seen to move, and a running build can be cancelled from its page.
+SITE_PAGES = 100_000
 
 
 def fetch(url):
@@ -92,6 +92,7 @@ def test_an_editor_drafts_publishes_watches_and_cancels(web, editor, browser_pag
     page.wait_for_selector("#publisher-active .publisher-progress", timeout=30_000)
     shot(page, tmp_path, "2-building")
     seen = watch_progress(page, timeout=240)
+    print("progress seen in the banner:", seen)
     assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] > seen[0], seen
     first = Build.objects.get()
     assert first.state == BuildState.SUCCEEDED, (first.state, first.error)
