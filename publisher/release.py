@@ -43,6 +43,7 @@ class Released:
     copied: int = 0
     bytes_uploaded: int = 0
     destination: str = ""
+    recycled: str = ""
 
 
 def release_name(*, build_id, attempt, now=None):
@@ -112,6 +113,7 @@ def _released(name, pages, published, destination):
         uploaded=published.uploaded,
         copied=published.copied,
         bytes_uploaded=published.bytes_uploaded,
+        recycled=getattr(published, "recycled", ""),
     )
 
 

@@ -9,11 +9,18 @@ With ``BUILD_WORKERS`` above 1 (and enough pages), page templates are rendered b
 (``ParallelPages``): this process still reads the one snapshot, keeps site order, writes the index and the sitemap,
 and keeps the heartbeat, fencing and signals. Where the release writer allows it (``worker_store``: a local
 folder), workers also hash and store each page, and this process only enters the entries in the manifest.
+
+A page is not rendered again when it need not be: each page file records its input (``PageJob.input_key``: a keyed
+hash of the page's live row, keyed by ``render_fingerprint``: the page templates' sources, the stylesheet, the site
+URL, Django's version and this module), and a writer that can take the live release's file without its bytes
+(``ReleaseWriter.reuse``: local hard links) does so for every page whose input is unchanged. A template, the CSS or
+a setting that changes the fingerprint re-renders every page.
 """
 
 import gc
 import hashlib
 import html
+import logging
 import multiprocessing
 import os
 import re
@@ -24,9 +31,12 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import django
+from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.core.exceptions import ValidationError
 from django.template.loader import get_template
+from django.template.loader_tags import ExtendsNode, IncludeNode
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
@@ -46,6 +56,11 @@ TEXT = "text/plain; charset=utf-8"
 CSS = "text/css; charset=utf-8"
 #: Content-addressed files shared by every release (a destination may store them once, outside the releases).
 ASSETS = "assets/"
+PAGE_TEMPLATE = "publisher/site/page.html"
+#: Changed when what a page's bytes depend on changes in a way the fingerprint's other parts do not show.
+RENDER_FORMAT = b"publisher page render 1"
+
+logger = logging.getLogger(__name__)
 
 
 class RenderError(Exception):
@@ -234,11 +249,14 @@ def render_site(release, *, base_url, progress, workers=1):
     pages = published_pages()
     total = pages.count()
     stylesheet, css = stylesheet_file()
+    template = get_template(PAGE_TEMPLATE)
+    tz = timezone.get_current_timezone()
     job = PageJob(
-        template=get_template("publisher/site/page.html"),
+        template=template,
         stylesheet=stylesheet,
         base_url=base_url,
-        tz=timezone.get_current_timezone(),
+        tz=tz,
+        fingerprint=render_fingerprint(template, stylesheet=stylesheet, base_url=base_url, tz=tz),
     )
     parallel = workers > 1 and total >= PARALLEL_MIN_PAGES and can_fork()
     renderer = ParallelPages(release, job, workers=workers) if parallel else SerialPages(release, job)
@@ -274,15 +292,76 @@ class PageJob:
     stylesheet: str
     base_url: str
     tz: object
+    #: ``render_fingerprint``; ``None`` when it cannot be known (then no page records an input, none is reused)
+    fingerprint: bytes | None = None
 
     def render(self, row):
         """A ``published_pages()`` row -> ``(path, UTF-8 bytes, listing)``; the listing is what the index and the
         sitemap need of the page: its slug and title HTML-escaped, and its sitemap entry."""
         page = LivePage(*row)
-        path = page_file(page.slug, page_id=page.pk)
-        data = self.template.render({"page": page, "root": "../", "stylesheet": self.stylesheet}).encode("utf-8")
+        return page_file(page.slug, page_id=page.pk), self.render_page(page), self.listing(page)
+
+    def render_page(self, page):
+        return self.template.render({"page": page, "root": "../", "stylesheet": self.stylesheet}).encode("utf-8")
+
+    def listing(self, page):
         url = sitemap_entry(page_url(self.base_url, page.slug), page.published_at, self.tz)
-        return path, data, (html.escape(page.slug), html.escape(page.title), url)
+        return html.escape(page.slug), html.escape(page.title), url
+
+    def input_key(self, row):
+        """What page ``row`` renders from, as 32 hex digits: its live row hashed with the fingerprint as the key.
+        Two equal keys mean equal bytes; ``""`` when there is no fingerprint."""
+        if self.fingerprint is None:
+            return ""
+        pk, slug, title, body, published_at = row
+        when = published_at.isoformat() if published_at else ""
+        text = f"{pk}\x1f{slug}\x1f{title}\x1f{when}\x1f{body}".encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(text, digest_size=16, key=self.fingerprint).hexdigest()
+
+
+def render_fingerprint(template, *, stylesheet, base_url, tz):
+    """32 bytes that change whenever a page with the same row could render to other bytes: the sources of the
+    page template and of every template it extends or includes (as loaded: an override in a project's templates
+    counts), the stylesheet's content-addressed path, the site URL, the time zone, the language, the
+    ``TEMPLATES`` setting, Django's version and this module's code. ``None`` when a template extends or includes
+    a name only known while rendering: then every page is rendered. (A custom template tag's code is not in it:
+    after changing one, run ``buildstaticsite --full``.)"""
+    digest = hashlib.sha256(RENDER_FORMAT)
+    parts = [django.get_version(), stylesheet, base_url, str(tz), settings.LANGUAGE_CODE, repr(settings.TEMPLATES)]
+    for part in parts:
+        digest.update(b"\x1e" + part.encode("utf-8", "surrogatepass"))
+    digest.update(b"\x1e" + Path(__file__).read_bytes())
+    try:
+        sources = _template_sources(template, seen=set())
+    except _UnknownTemplate as exc:
+        logger.info("Every page is rendered: %s", exc)
+        return None
+    for name, source in sources:
+        digest.update(b"\x1e" + name.encode() + b"\x1f" + source.encode("utf-8", "surrogatepass"))
+    return digest.digest()
+
+
+class _UnknownTemplate(Exception):
+    pass
+
+
+def _template_sources(template, *, seen):
+    """``(origin, source)`` of ``template`` (a backend template or its ``template``) and of what it extends or
+    includes, recursively, in a fixed order."""
+    compiled = getattr(template, "template", template)
+    origin = getattr(compiled.origin, "name", None) or compiled.origin.template_name or "?"
+    sources = [(str(origin), compiled.source)]
+    seen.add(str(origin))
+    for node in compiled.nodelist.get_nodes_by_type((ExtendsNode, IncludeNode)):
+        expression = node.parent_name if isinstance(node, ExtendsNode) else node.template
+        name = expression.var
+        if expression.filters or not isinstance(name, str):
+            raise _UnknownTemplate(f"{compiled.origin.template_name} names a template by {expression.token!r}")
+        loaded = get_template(name)
+        key = str(getattr(loaded.template.origin, "name", name))
+        if key not in seen:
+            sources.extend(_template_sources(loaded, seen=seen))
+    return sources
 
 
 class SerialPages:
@@ -303,11 +382,14 @@ class SerialPages:
         return False
 
     def render(self, rows):
-        add, render = self.release.add, self.job.render
+        job, add, reuse = self.job, self.release.add, self.release.reuse
         for row in rows:
-            path, data, listing = render(row)
-            add(path, data, HTML)
-            yield listing
+            key = job.input_key(row)
+            page = LivePage(*row)
+            path = page_file(page.slug, page_id=page.pk)
+            if not key or reuse(path, key) is None:
+                add(path, job.render_page(page), HTML, key)
+            yield job.listing(page)
 
 
 #: Below this many pages, forking workers costs more than it saves.
@@ -343,6 +425,9 @@ class ParallelPages(SerialPages):
         self.forks = workers - 1
         self.store = release.worker_store()
         self.pool = None
+        #: Whether this process looks at every chunk first: one whose pages can all be reused (a lookup each) is
+        #: handled here, with no render and nothing to pickle; one with a page to render goes to a worker.
+        self.sort_chunks = job.fingerprint is not None and release.reuses
 
     def start(self):
         """Fork the workers (``__exit__`` stops them); returns the function that renders rows."""
@@ -383,12 +468,19 @@ class ParallelPages(SerialPages):
         in_workers = 0
         in_workers_limit = self.forks * IN_FLIGHT_PER_WORKER
         pending_limit = self.forks * PENDING_CHUNKS_PER_WORKER
+        reusable, key = self.release.reusable, self.job.input_key
         for chunk in _chunks(rows, CHUNK_PAGES):
+            keys = None
+            if self.sort_chunks:
+                keys = [key(row) for row in chunk]
+                if all(reusable(page_file(row[1], page_id=row[0]), k) for row, k in zip(chunk, keys, strict=True)):
+                    pending.append(self._reuse_here(chunk, keys))
+                    continue
             if in_workers < in_workers_limit:
-                pending.append(self.pool.submit(_render_chunk, chunk))
+                pending.append(self.pool.submit(_render_chunk, chunk, keys))
                 in_workers += 1
             else:
-                pending.append(_render_rows(self.job, self.store, chunk))
+                pending.append(_render_rows(self.job, self.store, chunk, keys))
             while pending and (len(pending) >= pending_limit or _ready(pending[0])):
                 done = pending.popleft()
                 if isinstance(done, Future):
@@ -396,6 +488,17 @@ class ParallelPages(SerialPages):
                 yield from self._collect(done)
         while pending:
             yield from self._collect(pending.popleft())
+
+    def _reuse_here(self, chunk, keys):
+        if self.store is not None:
+            return _render_rows(self.job, self.store, chunk, keys)
+        results = []  # a writer without a worker store: reuse (or, if refused, render) through the writer itself
+        for row, key in zip(chunk, keys, strict=True):
+            page = LivePage(*row)
+            path = page_file(page.slug, page_id=page.pk)
+            entry = self.release.reuse(path, key)
+            results.append((path, None if entry else self.job.render_page(page), key, *self.job.listing(page)))
+        return results
 
     def _collect(self, done):
         if isinstance(done, Future):
@@ -409,13 +512,14 @@ class ParallelPages(SerialPages):
             results = done
         if self.store is None:
             add = self.release.add
-            for path, data, slug, title, url in results:
-                add(path, data, HTML)
+            for path, data, key, slug, title, url in results:
+                if data is not None:  # None: reused by the writer already
+                    add(path, data, HTML, key)
                 yield slug, title, url
         else:
             record = self.release.record
-            for path, sha256, size, linked, slug, title, url in results:
-                record(StoredFile(FileEntry(path, sha256, size, HTML), linked))
+            for path, sha256, size, key, linked, slug, title, url in results:
+                record(StoredFile(FileEntry(path, sha256, size, HTML, key), linked))
                 yield slug, title, url
 
 
@@ -446,22 +550,30 @@ def _start_worker(job, store):
     _worker = (job, store)
 
 
-def _render_chunk(rows):
+def _render_chunk(rows, keys=None):
     """In a worker: ``_render_rows`` with what ``_start_worker`` was given."""
-    return _render_rows(*_worker, rows)
+    return _render_rows(*_worker, rows, keys)
 
 
-def _render_rows(job, store, rows):
-    """Render ``rows`` in order. Plain tuples (a dataclass costs ten times as much to pickle): ``(path, bytes,
-    *listing)``, or, having stored the file through ``store``, ``(path, sha256, size, linked, *listing)``."""
+def _render_rows(job, store, rows, keys=None):
+    """Render ``rows`` in order (``keys``: their ``input_key``s, computed here when not given). Plain tuples (a
+    dataclass costs ten times as much to pickle): ``(path, bytes, key, *listing)``, or, having stored the file
+    through ``store`` (reused when its input is unchanged, else rendered), ``(path, sha256, size, key, linked,
+    *listing)``."""
+    if keys is None:
+        keys = [job.input_key(row) for row in rows]
     results = []
-    for row in rows:
-        path, data, listing = job.render(row)
+    for row, key in zip(rows, keys, strict=True):
+        page = LivePage(*row)
+        path = page_file(page.slug, page_id=page.pk)
         if store is None:
-            results.append((path, data, *listing))
-        else:
-            entry, linked = store(path, data, HTML)
-            results.append((path, entry.sha256, entry.size, linked, *listing))
+            results.append((path, job.render_page(page), key, *job.listing(page)))
+            continue
+        stored = store.reuse(path, key) if key else None
+        if stored is None:
+            stored = store(path, job.render_page(page), HTML, key)
+        entry = stored.entry
+        results.append((path, entry.sha256, entry.size, key, stored.linked, *job.listing(page)))
     return results
 
 

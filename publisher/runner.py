@@ -126,6 +126,7 @@ def run(claim, *, full=False):
                     "uploaded": released.uploaded,
                     "copied": released.copied,
                     "bytes_uploaded": released.bytes_uploaded,
+                    **({"recycled": released.recycled} if released.recycled else {}),
                 },
             )
         except DatabaseError:

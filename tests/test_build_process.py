@@ -236,3 +236,70 @@ def test_sigterm_at_random_moments_after_the_switch_changes_no_outcome(children,
         check_the_build_succeeded(build_id, live, returncode, out, files, site_root, when=when)
         handled += signalled and handled_after_the_switch(out)
     assert handled, f"no SIGTERM of {delays} reached a build after its switch"
+
+
+def whole_releases(site_root):
+    """Every complete release folder holds exactly the files its manifest lists, with those bytes."""
+    import hashlib
+    import json
+
+    site = SiteRoot(site_root)
+    for name in site.complete_releases():
+        folder = site.releases / name
+        files = json.loads((folder / "manifest.json").read_text())["files"]
+        on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+        assert on_disk - {"manifest.json", "release.json"} == set(files), f"{name} holds other files"
+        for path, entry in files.items():
+            assert hashlib.sha256((folder / path).read_bytes()).hexdigest() == entry["sha256"], f"{name}/{path}"
+    return site.complete_releases()
+
+
+def test_sigkill_at_random_moments_of_a_build_that_recycles_a_release(children, child_env, site_root):
+    """SITE_RELEASES_KEPT=2: a build takes the oldest release's folder. SIGKILL at random moments of such a build
+    (before, during and after the rename, while stale files are replaced, while leftovers are deleted) leaves the
+    live release as it was and every complete release whole; the next build is the content's, in full
+    (``RECYCLE_KILL_SEED`` replays the moments)."""
+    env = {**child_env, "SITE_RELEASES_KEPT": "2", "BUILD_WORKERS": "2"}
+    bulk_published(6_000, "r")
+    for _ in range(2):
+        proc = children.manage("buildstaticsite", env=env, stdout=subprocess.DEVNULL)
+        assert proc.wait(timeout=300) == 0
+    started = time.monotonic()
+    Page.objects.filter(live_slug__endswith="7").update(live_body="edited", published_at=timezone.now())
+    Page.objects.filter(live_slug__endswith="3").update(is_published=False)
+    proc = children.manage("buildstaticsite", env=env, stdout=subprocess.DEVNULL)
+    assert proc.wait(timeout=300) == 0
+    took = time.monotonic() - started
+    seed = int(os.environ.get("RECYCLE_KILL_SEED") or random.randrange(2**32))
+    rng = random.Random(seed)
+    for trial in range(4):
+        live = SiteRoot(site_root).live_name()
+        Page.objects.filter(live_slug__endswith=str(trial)).update(
+            live_body=f"trial {trial}", published_at=timezone.now()
+        )
+        delay = round(rng.uniform(0.3, max(0.4, took)), 3)
+        proc = children.manage("buildstaticsite", env=env, stdout=subprocess.DEVNULL)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        when = f"trial {trial}, SIGKILL after {delay} s (seed {seed})"
+        now_live = SiteRoot(site_root).live_name()
+        assert now_live in whole_releases(site_root), when
+        if now_live == live:
+            assert (site_root / "current" / "r000000" / "index.html").exists(), when
+        for build in Build.objects.filter(state=BuildState.RUNNING):
+            builds.cancel(build.pk)
+    proc = children.manage("buildstaticsite", env=env, stdout=subprocess.DEVNULL)
+    assert proc.wait(timeout=300) == 0
+    whole_releases(site_root)
+    current = site_root / "current"
+    for slug, body in [
+        ("r000010", "trial 0"),
+        ("r000021", "trial 1"),
+        ("r000017", "edited"),
+        ("r000004", "x" * 200),
+        ("r000012", "trial 2"),
+    ]:
+        assert body in (current / slug / "index.html").read_text(), slug
+    assert not (current / "r000013").exists()
+    assert len(list(current.glob("r*/index.html"))) == 6_000 - 600

@@ -44,7 +44,9 @@ The seed is printed; replay a run with ``HYPOTHESIS_SEED=<seed>``. ``BUILD_PROPE
 
 import contextlib
 import copy
+import hashlib
 import itertools
+import json
 import os
 import secrets
 import shutil
@@ -1256,9 +1258,18 @@ class BuildMachine(RuleBasedStateMachine):
             if served is not None:
                 assert destination.complete(served), f"the CDN serves {served}, which is not sealed and whole"
                 assert release_order(served) <= release_order(live), "the CDN serves a release newer than the pointer"
-        elif live is not None:
-            folder = SiteRoot(get_config().SITE_ROOT).releases / live
-            assert (folder / "manifest.json").is_file(), f"current names {live}, which is not complete"
+        else:
+            site = SiteRoot(get_config().SITE_ROOT)
+            if live is not None:
+                assert (site.releases / live / "manifest.json").is_file(), f"current names {live}, not complete"
+            for name in site.complete_releases():  # a build recycles the oldest: every other one stays whole
+                folder = site.releases / name
+                files = json.loads((folder / "manifest.json").read_text())["files"]
+                on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+                assert on_disk - {"manifest.json", "release.json"} == set(files), f"{name} has other files"
+                for path, entry in files.items():
+                    data = (folder / path).read_bytes()
+                    assert hashlib.sha256(data).hexdigest() == entry["sha256"], f"{name}/{path} was changed"
         if self.live_seen is not None:
             assert live is not None and release_order(live) >= release_order(self.live_seen), (
                 f"the site moved back from {self.live_seen} to {live}"
@@ -1420,7 +1431,8 @@ def machine_world(settings, monkeypatch, tmp_path):
         "BUILD_TIMEOUT": BUILD_TIMEOUT,
         "BUILD_MAX_ATTEMPTS": MAX_ATTEMPTS,
         "SITE_ROOT": tmp_path / "site",  # where the builds that run for real write
-        "SITE_RELEASES_KEPT": 1,
+        # Two: from the third local build on, a build takes the folder of the release its prune would delete.
+        "SITE_RELEASES_KEPT": 2,
     }
     # The database's clock is CLOCK, read by the real builds.now(); each process's own clock is skewed from it.
     monkeypatch.setattr(builds, "_CLOCK_SQL", DatabaseClock())

@@ -252,3 +252,144 @@ def test_a_destination_without_full_builds_as_usual_and_says_so(site_root, setti
         assert "cannot write every file afresh" in caplog.text
     finally:
         recording.reset()
+
+
+# --- Pages whose input did not change are not rendered again (issue 11, goal 3) ---------------------------------
+
+
+@pytest.fixture
+def rendered(monkeypatch, tmp_path):
+    """The slugs rendered by ``PageJob.render_page``, in this process or a forked worker (noted in a file)."""
+    notes = tmp_path / "rendered"
+    notes.touch()
+    real = render.PageJob.render_page
+
+    def noting(self, page):
+        with open(notes, "a") as out:
+            out.write(page.slug + "\n")
+        return real(self, page)
+
+    monkeypatch.setattr(render.PageJob, "render_page", noting)
+
+    def taken():
+        slugs = notes.read_text().split()
+        notes.write_text("")
+        return slugs
+
+    return taken
+
+
+def without_release_name(path):
+    """The files of a release with what names the release taken out (``release.json``; the manifest's header)."""
+    tree = {
+        name: (Path(path) / name).read_bytes() for name in files(path) if name not in ("release.json", "manifest.json")
+    }
+    return tree, manifest(path)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_one_page_edit_renders_that_page_only_and_equals_a_full_build(
+    site_root, settings, monkeypatch, rendered, workers
+):
+    monkeypatch.setattr(render, "PARALLEL_MIN_PAGES", 10)
+    monkeypatch.setattr(render, "CHUNK_PAGES", 7)
+    bulk_published(30)
+    build(1, workers=workers, settings=settings)
+    assert sorted(rendered()) == [f"p{i:04d}" for i in range(30)]
+    edit("p0005", "A new body")
+    edited = build(2, workers=workers, settings=settings)
+    assert rendered() == ["p0005"], "only the page whose live content changed is rendered"
+    full = build(3, full=True, workers=workers, settings=settings)
+    assert len(rendered()) == 30, "--full renders every page"
+    assert without_release_name(release(site_root, edited)) == without_release_name(release(site_root, full))
+    inputs = {path: entry.get("input") for path, entry in manifest(release(site_root, full)).items()}
+    assert all(inputs[f"p{i:04d}/index.html"] for i in range(30)), "each page records what it was rendered from"
+    assert inputs["index.html"] is None and inputs["sitemap.xml"] is None, "only pages are reused unrendered"
+    assert_whole(release(site_root, edited))
+
+
+def test_a_title_a_slug_or_a_take_down_renders_what_it_changes(site_root, settings, rendered):
+    bulk_published(6)
+    build(1)
+    rendered()
+    Page.objects.filter(live_slug="p0001").update(live_title="Renamed")
+    Page.objects.filter(live_slug="p0002").update(live_slug="moved")
+    Page.objects.filter(live_slug="p0003").update(is_published=False)
+    second = build(2)
+    assert sorted(rendered()) == ["moved", "p0001"]
+    new = release(site_root, second)
+    assert "Renamed" in (new / "p0001" / "index.html").read_text() and "Renamed" in (new / "index.html").read_text()
+    assert not (new / "p0002").exists() and not (new / "p0003").exists()
+    assert_whole(new)
+
+
+def test_a_changed_template_renders_every_page_again(site_root, settings, rendered, tmp_path):
+    bulk_published(5)
+    build(1)
+    rendered()
+    override = tmp_path / "templates" / "publisher" / "site"
+    override.mkdir(parents=True)
+    base = Path(render.__file__).parent / "templates" / "publisher" / "site" / "base.html"
+    (override / "base.html").write_text(base.read_text().replace("<main>", '<main class="new">'))
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [str(tmp_path / "templates")]}]
+    second = build(2)
+    assert len(rendered()) == 5, "a template the page template extends changed: every page is rendered"
+    assert '<main class="new">' in (release(site_root, second) / "p0004" / "index.html").read_text()
+    assert second.uploaded >= 5
+    build(3)
+    assert rendered() == [], "and the next build reuses them again"
+
+
+def test_a_template_named_only_while_rendering_means_every_page_is_rendered(site_root, settings, rendered, tmp_path):
+    override = tmp_path / "templates" / "publisher" / "site"
+    override.mkdir(parents=True)
+    (override / "page.html").write_text(
+        '{% extends "publisher/site/base.html"|add:"" %}{% block content %}x{% endblock %}'
+    )
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [str(tmp_path / "templates")]}]
+    bulk_published(4)
+    build(1)
+    second = build(2)
+    assert len(rendered()) == 8, "the fingerprint cannot be known: nothing is reused unrendered"
+    assert not any(entry.get("input") for entry in manifest(release(site_root, second)).values())
+    assert second.copied > 0, "the unchanged bytes are still linked"
+
+
+def test_a_recycled_folder_gives_the_release_a_full_build_gives(site_root, settings, monkeypatch, rendered):
+    """KEPT=2: from the third build on, each build takes the oldest release's folder, with its stale files; the
+    result is byte for byte a fresh full build's, with 2 workers too, and every kept release stays whole."""
+    monkeypatch.setattr(render, "PARALLEL_MIN_PAGES", 10)
+    monkeypatch.setattr(render, "CHUNK_PAGES", 7)
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 2}
+    bulk_published(25)
+    outcomes = [build(1, workers=2, settings=settings)]
+    for n, slug in enumerate(["p0003", "p0010", "p0003", "p0020"], start=2):
+        edit(slug, f"Edit {n}")
+        if n == 4:
+            Page.objects.filter(live_slug="p0011").update(is_published=False)
+        outcomes.append(build(n, workers=2 if n % 2 else 1, settings=settings))
+    assert [o.recycled for o in outcomes] == ["", "", outcomes[0].name, outcomes[1].name, outcomes[2].name]
+    last = release(site_root, outcomes[-1])
+    assert_whole(last)
+    assert_whole(release(site_root, outcomes[-2]))
+    rendered()
+    full = build(9, full=True)
+    assert without_release_name(last) == without_release_name(release(site_root, full))
+    assert not (last / "p0011").exists()
+    assert os.stat(last / "p0020" / "index.html").st_nlink == 1, "a changed page is a new file"
+
+
+def test_full_in_a_recycled_folder_replaces_every_file(site_root, settings, rendered):
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 2}
+    bulk_published(8)
+    first, second = build(1), build(2)
+    old_inodes = {path: inode(release(site_root, first) / path) for path in manifest(release(site_root, first))}
+    rendered()
+    full = build(3, full=True)
+    assert full.recycled == first.name and len(rendered()) == 8
+    new = release(site_root, full)
+    assert full.copied == 0 and full.uploaded == len(manifest(new))
+    assert all(os.stat(new / path).st_nlink == 1 for path in files(new))
+    assert not set(old_inodes.values()) & {inode(new / path) for path in manifest(new)}
+    assert_whole(new)
+    assert_whole(release(site_root, second))

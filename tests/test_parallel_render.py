@@ -99,20 +99,20 @@ def test_the_pool_is_used_and_pages_are_stored_by_the_workers(site_root, setting
     added = []
     original_add = LocalReleaseWriter.add
 
-    def add(self, path, data, content_type):
+    def add(self, path, data, content_type, input=""):
         added.append(path)
-        return original_add(self, path, data, content_type)
+        return original_add(self, path, data, content_type, input)
 
     monkeypatch.setattr(LocalReleaseWriter, "add", add)
     renderers = tmp_path / "renderers"
-    original_render = render.PageJob.render
+    original_render = render.PageJob.render_page
 
-    def render_and_note(self, row):
+    def render_and_note(self, page):
         with open(renderers, "a") as out:  # the workers' memory is their own: note the process in a file
             out.write(f"{os.getpid()}\n")
-        return original_render(self, row)
+        return original_render(self, page)
 
-    monkeypatch.setattr(render.PageJob, "render", render_and_note)
+    monkeypatch.setattr(render.PageJob, "render_page", render_and_note)
     outcome = build(settings, workers=2)
 
     assert outcome.pages == 100
@@ -144,20 +144,21 @@ def test_a_writer_without_worker_store_gets_the_same_files_through_add(site_root
 def test_a_worker_that_raises_fails_the_build_and_removes_the_partial_release(site_root, settings, small_chunks):
     bulk_published(60)
     first = build(settings, workers=1, build_id=1)
+    Page.objects.update(live_body="Every page changed")  # else no page is rendered again
     parent = os.getpid()
-    original = render.PageJob.render
+    original = render.PageJob.render_page
 
-    def fails_in_a_worker(self, row):
+    def fails_in_a_worker(self, page):
         if os.getpid() != parent:
-            raise RenderError(f"Page #{row[0]} cannot be rendered (a test)")
-        return original(self, row)
+            raise RenderError(f"Page #{page.pk} cannot be rendered (a test)")
+        return original(self, page)
 
-    render.PageJob.render = fails_in_a_worker
+    render.PageJob.render_page = fails_in_a_worker
     try:
         with pytest.raises(RenderError, match=r"Page #\d+ cannot be rendered \(a test\)"):
             build(settings, workers=2, build_id=2)
     finally:
-        render.PageJob.render = original
+        render.PageJob.render_page = original
     assert SiteRoot(site_root).live_name() == first.name
     assert sorted(p.name for p in (site_root / "releases").iterdir()) == [first.name]
     assert wait_for(no_workers_left, timeout=10, message="the workers to be gone")
@@ -166,19 +167,19 @@ def test_a_worker_that_raises_fails_the_build_and_removes_the_partial_release(si
 def test_a_worker_killed_fails_the_build_with_a_clear_error(site_root, settings, small_chunks):
     bulk_published(60)
     parent = os.getpid()
-    original = render.PageJob.render
+    original = render.PageJob.render_page
 
-    def dies_in_a_worker(self, row):
+    def dies_in_a_worker(self, page):
         if os.getpid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, row)
+        return original(self, page)
 
-    render.PageJob.render = dies_in_a_worker
+    render.PageJob.render_page = dies_in_a_worker
     try:
         with pytest.raises(RenderError, match="render worker process died.*BUILD_WORKERS"):
             build(settings, workers=2)
     finally:
-        render.PageJob.render = original
+        render.PageJob.render_page = original
     assert not (site_root / "releases").exists() or not list((site_root / "releases").iterdir())
     assert wait_for(no_workers_left, timeout=10, message="the workers to be gone")
 

@@ -35,8 +35,8 @@ def bulk_published(count, prefix="p"):
     )
 
 
-def build(build_id=1, attempt=1, progress=None):
-    return build_release(get_config(), build_id=build_id, attempt=attempt, progress=progress or Progress())
+def build(build_id=1, attempt=1, progress=None, full=False):
+    return build_release(get_config(), build_id=build_id, attempt=attempt, progress=progress or Progress(), full=full)
 
 
 def live(site_root):
@@ -164,13 +164,43 @@ def test_index_and_sitemap_at_large_counts(site_root):
 
 
 def test_releases_are_pruned_and_the_live_one_kept(site_root, settings):
-    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 2}
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 5}
     publish("hello")
     names = [build(build_id=n).name for n in range(1, 5)]
     assert SiteRoot(site_root).complete_releases() == names, "a build does not prune on its way to going live"
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 2}
     assert prune_releases(get_config()) == names[:2]
     assert SiteRoot(site_root).complete_releases() == names[-2:]
     assert SiteRoot(site_root).live_name() == names[-1]
+
+
+def test_a_build_takes_the_folder_of_the_release_its_prune_would_delete(site_root, settings):
+    """Once SITE_RELEASES_KEPT releases exist, a build renames the oldest one (not live) into its partial folder
+    instead of creating every folder anew; nothing else is deleted before the switch, and the prune after it has
+    nothing left to do. Each release stays whole: its files are what its manifest says."""
+    settings.PUBLISHER = {**settings.PUBLISHER, "SITE_RELEASES_KEPT": 2}
+    publish("hello")
+    publish("gone")
+    names = [build(build_id=1).name, build(build_id=2).name]
+    Page.objects.filter(slug="gone").update(is_published=False)
+    publish("new-one", body="New")
+    third = build(build_id=3)
+    assert third.recycled == names[0]
+    assert SiteRoot(site_root).complete_releases() == [names[1], third.name]
+    assert prune_releases(get_config()) == []
+    release = site_root / "releases" / third.name
+    assert not (release / "gone").exists(), "a page the new release lacks is deleted with its folder"
+    assert "New" in (release / "new-one" / "index.html").read_text()
+    for name in (names[1], third.name):
+        folder = site_root / "releases" / name
+        files = json.loads((folder / "manifest.json").read_text())["files"]
+        on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {
+            "manifest.json",
+            "release.json",
+        }
+        assert on_disk == set(files), name
+        for path, entry in files.items():
+            assert hashlib.sha256((folder / path).read_bytes()).hexdigest() == entry["sha256"], (name, path)
 
 
 def test_an_interrupted_prune_never_leaves_a_release_that_looks_complete(site_root, settings, monkeypatch):

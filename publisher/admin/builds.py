@@ -253,6 +253,8 @@ class BuildAdmin(admin.ModelAdmin):
         line = f"{', '.join(parts)} to {published.get('destination') or '?'}"
         if not published.get("went_live", True):
             line += "; kept, a newer release was live"
+        if published.get("recycled"):
+            line += f"; built in the folders of {published['recycled']}, which it replaces"
         pruned = published.get("pruned")
         if pruned:
             names = pruned if isinstance(pruned, list) else []

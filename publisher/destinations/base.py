@@ -69,6 +69,8 @@ class Published:
     uploaded: int = 0
     copied: int = 0
     bytes_uploaded: int = 0
+    #: The old release whose folder this one was built in (local: it is gone, as its prune would have done).
+    recycled: str = ""
 
 
 class Pruned(list):
@@ -102,22 +104,38 @@ class ReleaseWriter:
         self.name = name
         self.manifest = Manifest(release=name, build=int(build), attempt=int(attempt), parent=parent)
 
-    def add(self, path, data, content_type):
-        """Store one file of the release (``data`` is bytes or text, written as UTF-8)."""
+    def add(self, path, data, content_type, input=""):
+        """Store one file of the release (``data`` is bytes or text, written as UTF-8); ``input`` is what it was
+        rendered from (``FileEntry.input``)."""
         if isinstance(data, str):
             data = data.encode("utf-8")
-        entry = FileEntry.of(path, data, content_type)
+        entry = FileEntry.of(path, data, content_type, input)
         self._store(entry, data)
         self.manifest.add(entry)
         return entry
+
+    #: Whether ``reusable`` can ever be true for this writer (a live or recycled release to take files from).
+    reuses = False
+
+    def reusable(self, path, input):
+        """Whether ``reuse(path, input)`` may store this file without its bytes: the live release has ``path``
+        rendered from the same ``input``. A lookup, no I/O; ``False`` (the default) means: render it."""
+        return False
+
+    def reuse(self, path, input):
+        """Store ``path`` as the live release has it, without rendering it, when the live release rendered it from
+        the same ``input``; returns its ``FileEntry``, or ``None`` when the file must be rendered and ``add``ed
+        (the default: a destination that cannot take a file from the live release without its bytes)."""
+        return None
 
     def _store(self, entry, data):
         raise NotImplementedError(f"{type(self).__name__} must implement _store()")
 
     def worker_store(self):
-        """A picklable callable ``store(path, data: bytes, content_type) -> StoredFile`` that stores one file of
-        this release from another process (a render worker, never touching the database), or ``None`` when files
-        must be handed to ``add`` in the build process (the default)."""
+        """A picklable callable ``store(path, data: bytes, content_type, input) -> StoredFile`` that stores one file
+        of this release from another process (a render worker, never touching the database), or ``None`` when files
+        must be handed to ``add`` in the build process (the default). Its ``reuse(path, input)`` is this writer's
+        ``reuse`` returning a ``StoredFile`` (or ``None``), for the worker's process."""
         return None
 
     def record(self, stored):

@@ -6,11 +6,19 @@ A build writes ``SITE_ROOT/releases/.tmp-<name>/`` (with ``manifest.json`` and `
 release; a partial release is never served, and the next build removes it.
 
 Only what changed is written: a file whose path and SHA-256 are the live release's (its manifest says so) is
-hard-linked from the live release instead, so a one-page edit writes a few files and links the rest. Releases stay
-independent (a link is one more name for the same bytes: deleting the old release leaves the new one whole), and no
-file is ever opened for writing once it exists, so a file shared between releases is never changed in place: a
-changed file is a new file. Where links are refused (another file system, a file system without them, too many
-links) the bytes are written. ``buildstaticsite --full`` writes every file afresh.
+hard-linked from the live release instead, so a one-page edit writes a few files and links the rest; a page whose
+live release file was rendered from the same input (``FileEntry.input``) is linked without being rendered at all.
+Releases stay independent (a link is one more name for the same bytes: deleting the old release leaves the new one
+whole), and no file is ever opened for writing once it exists, so a file shared between releases is never changed in
+place: a changed file is a new file. Where links are refused (another file system, a file system without them, too
+many links) the bytes are written. ``buildstaticsite --full`` writes every file afresh.
+
+Creating a release's folders costs more than its files on a disk (a page is a folder: 100,000 ``mkdir`` take 5-12 s
+on ext4, deleting them as long). So once ``SITE_RELEASES_KEPT`` releases exist, a build takes the oldest release that
+the prune after it would delete anyway and renames it into its own partial folder: its folders and the files that did
+not change stay where they are, the others are replaced (unlinked, then linked or written: never written through),
+and what the new release lacks is deleted before it is sealed. Until that rename it is a complete release; after it,
+a partial one that is never served, rolled back to or trusted (a killed build's partial folder is removed).
 """
 
 import datetime
@@ -137,28 +145,65 @@ class ReleaseFiles:
     """Stores the files of one release folder, linking unchanged ones from the live release.
 
     Free of Django and picklable: the build process and its render workers (``worker_store``) each hold a copy and
-    store into the same folder. ``live_files`` maps each path of the live release to its SHA-256 (its manifest).
-    A file is only ever created (``O_EXCL``), never opened for writing if it exists: a linked file is shared with
-    the live release, so writing through it would change what is live.
+    store into the same folder. ``live_files`` is the live release's manifest (path -> ``FileEntry``).
+    ``base_files`` is the manifest of the release this folder was recycled from: those files are in the folder
+    already, and one with the same path and bytes is kept as it is (unless ``keep_base`` is false: ``--full``
+    replaces every one). A file is only ever created (``O_EXCL``), never opened for writing if it exists: a linked
+    file is shared with another release, so writing through it would change that release.
     """
 
-    def __init__(self, root, *, live_root=None, live_files=None):
+    def __init__(self, root, *, live_root=None, live_files=None, base_files=None, keep_base=True):
         self.root = os.path.abspath(root)
         self.live_root = os.path.abspath(live_root) if live_root and live_files else None
         self.live_files = live_files if self.live_root else {}
+        self.base_files = base_files or {}
+        self.kept_files = self.base_files if keep_base else {}
         self.linking = self.live_root is not None
         self._prefix = self.root + os.sep
 
-    def __call__(self, path, data, content_type):
+    def __call__(self, path, data, content_type, input=""):
         """``worker_store``: hash and store one file; returns a ``StoredFile``."""
-        entry = FileEntry.of(path, data, content_type)
+        entry = FileEntry.of(path, data, content_type, input)
         return StoredFile(entry, self.put(entry, data))
 
+    def reusable(self, path, input):
+        """Whether ``reuse`` can take ``path`` without its bytes (a lookup, no I/O)."""
+        if not input:
+            return False
+        base = self.kept_files.get(path)
+        if base is not None and base.input == input:
+            return True
+        live = self.live_files.get(path)
+        return self.linking and live is not None and live.input == input
+
+    def reuse(self, path, input):
+        """Take ``path`` as rendered from ``input`` by an earlier release: kept in this folder when the recycled
+        release has it, else linked from the live release. Returns a ``StoredFile`` (``linked``), or ``None`` when
+        it must be rendered (no such file, or the link refused)."""
+        if not input:
+            return None
+        base = self.kept_files.get(path)
+        if base is not None and base.input == input:
+            return StoredFile(base, True)
+        live = self.live_files.get(path)
+        if not self.linking or live is None or live.input != input:
+            return None
+        if base is not None and base.sha256 == live.sha256:
+            return StoredFile(live, True)  # this folder has those bytes already
+        if self._link(path, self._target(path)):
+            return StoredFile(live, True)
+        return None
+
     def put(self, entry, data):
-        """Store ``data`` as ``entry.path``: a hard link when the live release has that path with that SHA-256,
-        else a new file. Returns whether it was linked."""
+        """Store ``data`` as ``entry.path``: kept when this folder has those bytes there already (recycled), a
+        hard link when the live release has that path with that SHA-256, else a new file. Returns whether the
+        bytes were taken from an earlier release (kept or linked) rather than written."""
+        base = self.kept_files.get(entry.path)
+        if base is not None and base.sha256 == entry.sha256:
+            return True
         target = self._target(entry.path)
-        if self.linking and self.live_files.get(entry.path) == entry.sha256 and self._link(entry.path, target):
+        live = self.live_files.get(entry.path)
+        if self.linking and live is not None and live.sha256 == entry.sha256 and self._link(entry.path, target):
             return True
         self._create(target, data)
         return False
@@ -167,10 +212,38 @@ class ReleaseFiles:
         """Store ``data`` as a new file ``path`` (never linked: ``manifest.json``, ``release.json``)."""
         self._create(self._target(path), data)
 
-    def _target(self, path):
+    def remove_leftovers(self, keep):
+        """Delete the recycled release's files whose paths are not in ``keep`` (the new manifest), and the folders
+        that leaves empty. Returns how many files were deleted."""
+        deleted = 0
+        folders = set()
+        for path in self.base_files:
+            if path in keep:
+                continue
+            target = self._target_of(path)
+            try:
+                os.unlink(target)
+            except FileNotFoundError:
+                continue
+            deleted += 1
+            folders.add(os.path.dirname(target))
+        for folder in sorted(folders, key=len, reverse=True):
+            while folder != self.root and folder.startswith(self._prefix):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break  # not empty (or gone): its parents are not empty either
+                folder = os.path.dirname(folder)
+        return deleted
+
+    def _target_of(self, path):
         target = os.path.normpath(os.path.join(self.root, path))
         if not target.startswith(self._prefix) or os.path.isabs(path):
             raise ValueError(f"{path!r} is not a path inside the release")
+        return target
+
+    def _target(self, path):
+        target = self._target_of(path)
         folder = os.path.dirname(target)
         if folder != self.root:
             try:
@@ -223,21 +296,50 @@ class LocalReleaseWriter(ReleaseWriter):
     release took from each, workers' files included once ``record``ed.
     """
 
-    def __init__(self, destination, *, live_files=None, **kwargs):
+    def __init__(self, destination, *, live_files=None, base=None, full=False, **kwargs):
         super().__init__(destination, **kwargs)
         self.site = destination.site
         self.path = self.site.releases / f"{TMP_PREFIX}{self.name}"
         self.final_path = self.site.releases / self.name
         self.site.releases.mkdir(parents=True, exist_ok=True)
-        self.path.mkdir()
+        base_files = None
+        if base is not None:
+            base_name, base_files = base
+            # From here on the old release is a partial folder: never served, never rolled back to.
+            os.rename(self.site.releases / base_name, self.path)
+            for name in (MANIFEST, "release.json"):
+                (self.path / name).unlink(missing_ok=True)
+            logger.info(
+                "Release %s reuses the folders of %s, which the prune after it would delete", self.name, base_name
+            )
+        else:
+            self.path.mkdir()
+        self.recycled = base[0] if base is not None else None
         parent = self.manifest.parent
         self.files = ReleaseFiles(
-            self.path, live_root=self.site.releases / parent if parent else None, live_files=live_files
+            self.path,
+            live_root=self.site.releases / parent if parent else None,
+            live_files=live_files,
+            base_files=base_files,
+            keep_base=not full,
         )
         self.linked = self.written = self.bytes_written = 0
 
     def _store(self, entry, data):
         self._count(entry, self.files.put(entry, data))
+
+    @property
+    def reuses(self):
+        return bool(self.files.linking or self.files.kept_files)
+
+    def reusable(self, path, input):
+        return self.files.reusable(path, input)
+
+    def reuse(self, path, input):
+        stored = self.files.reuse(path, input)
+        if stored is None:
+            return None
+        return self.record(stored)
 
     def worker_store(self):
         return self.files
@@ -301,16 +403,33 @@ class LocalDestination(BaseDestination):
 
     def begin(self, *, name, build, attempt, full=False):
         """A writer for ``releases/.tmp-<name>/`` that links unchanged files from the live release (its sealed
-        manifest), or writes every file when ``full`` (or when the live release has no readable manifest)."""
+        manifest), or writes every file when ``full`` (or when the live release has no readable manifest). The
+        folder is the oldest release's when the prune after this build would delete it (``_recyclable``); with
+        ``full`` its files are all replaced, only its folders stay."""
         self.site.remove_stale_partials()
         live = self.site.live_name()
         live_files = None
         if live and not full:
             try:
-                live_files = {path: entry.sha256 for path, entry in self.manifest(live).files.items()}
+                live_files = self.manifest(live).files
             except ReleaseNotFound as exc:
                 logger.warning("Writing every file of %s: %s", name, exc)
-        return LocalReleaseWriter(self, name=name, build=build, attempt=attempt, parent=live, live_files=live_files)
+        base = self._recyclable(live)
+        return LocalReleaseWriter(
+            self, name=name, build=build, attempt=attempt, parent=live, live_files=live_files, base=base, full=full
+        )
+
+    def _recyclable(self, live):
+        """``(name, manifest files)`` of the oldest release that the prune after this build would delete (the
+        newest ``KEPT`` and the live one stay), or ``None``. Its folder becomes the new release's."""
+        names = self.site.complete_releases()
+        doomed = [n for n in names[: max(0, len(names) + 1 - self.site.kept)] if n != live]
+        for candidate in doomed[:1]:
+            try:
+                return candidate, self.manifest(candidate).files
+            except ReleaseNotFound:
+                return None  # pruned as usual
+        return None
 
     def publish(self, writer, *, pages, expected_live=None, after_switch=None):
         """Seal (manifest and ``release.json``, then the rename) and switch ``current``; signals are held off
@@ -319,6 +438,8 @@ class LocalDestination(BaseDestination):
         manifest.pages = pages
         manifest.created_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         meta = {"build": manifest.build, "attempt": manifest.attempt, "name": writer.name, "time": manifest.created_at}
+        if writer.recycled is not None:
+            writer.files.remove_leftovers(manifest.files)
         writer.files.create(MANIFEST, manifest.to_json().encode())
         writer.files.create("release.json", (json.dumps({**meta, "pages": pages}, indent=2) + "\n").encode())
         with critical_section():
@@ -328,7 +449,11 @@ class LocalDestination(BaseDestination):
             went_live = self.site.switch_to(writer.name)
             # Written / linked: as S3's uploaded / copied, for the build's history.
             published = Published(
-                went_live=went_live, uploaded=writer.written, copied=writer.linked, bytes_uploaded=writer.bytes_written
+                went_live=went_live,
+                uploaded=writer.written,
+                copied=writer.linked,
+                bytes_uploaded=writer.bytes_written,
+                recycled=writer.recycled or "",
             )
             if after_switch is not None:
                 after_switch(published)

@@ -6,21 +6,27 @@ manifest is not complete. Both sides of a destination share this value object.
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 
 FORMAT = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
+    """One file of a release. ``input`` is what the file was rendered from (a page's ``render.PageJob.input_key``:
+    its live content and everything else its bytes depend on), or ``""``: a later build that would render the same
+    input takes the file as it is instead of rendering it again."""
+
     path: str
     sha256: str
     size: int
     content_type: str
+    input: str = ""
 
     @classmethod
-    def of(cls, path, data, content_type):
-        return cls(path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data), content_type=content_type)
+    def of(cls, path, data, content_type, input=""):
+        return cls(path, hashlib.sha256(data).hexdigest(), len(data), content_type, input)
 
 
 @dataclass
@@ -49,10 +55,7 @@ class Manifest:
             "created_at": self.created_at,
             "parent": self.parent,
             "pages": self.pages,
-            "files": {
-                path: {"sha256": e.sha256, "size": e.size, "type": e.content_type}
-                for path, e in sorted(self.files.items())
-            },
+            "files": {path: _entry_json(e) for path, e in sorted(self.files.items())},
         }
         return json.dumps(data, separators=(",", ":"), sort_keys=False) + "\n"
 
@@ -61,8 +64,9 @@ class Manifest:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("not a publisher release manifest (format 1)")
+        intern = sys.intern  # a handful of content types, each repeated for every file
         files = {
-            path: FileEntry(path=path, sha256=f["sha256"], size=int(f["size"]), content_type=f["type"])
+            path: FileEntry(path, f["sha256"], int(f["size"]), intern(f["type"]), f.get("input") or "")
             for path, f in data["files"].items()
         }
         return cls(
@@ -74,3 +78,10 @@ class Manifest:
             pages=int(data.get("pages") or 0),
             files=files,
         )
+
+
+def _entry_json(entry):
+    data = {"sha256": entry.sha256, "size": entry.size, "type": entry.content_type}
+    if entry.input:
+        data["input"] = entry.input
+    return data

@@ -123,9 +123,9 @@ class RecordingReleaseWriter(ReleaseWriter):
         self.uploaded = self.copied = self.bytes_uploaded = 0
         self.dead = False
 
-    def add(self, path, data, content_type):
+    def add(self, path, data, content_type, input=""):
         _at("add", self.name, self)
-        return super().add(path, data, content_type)
+        return super().add(path, data, content_type, input)
 
     def _store(self, entry, data):
         if entry.sha256 in self.sources:
