@@ -260,6 +260,20 @@ def render_site(release, *, base_url, progress, workers=1):
     )
     parallel = workers > 1 and total >= PARALLEL_MIN_PAGES and can_fork()
     renderer = ParallelPages(release, job, workers=workers) if parallel else SerialPages(release, job)
+    # What exists now (the live release's manifest and the recycled one's: hundreds of thousands of objects) lives
+    # until the end: the collector need not walk it at every full collection, nor a forked worker touch (and so
+    # copy) the memory it shares with this process.
+    gc.freeze()
+    try:
+        done = _render_into(release, renderer, pages, total, job, (stylesheet, css), progress)
+    finally:
+        gc.unfreeze()
+    return done
+
+
+def _render_into(release, renderer, pages, total, job, stylesheet_file, progress):
+    base_url = job.base_url
+    stylesheet, css = stylesheet_file
     with renderer:
         # Workers are forked before the heartbeat thread starts (a fork copies only the thread that calls it), and
         # inside the ``with``: however this ends, even by a signal during the fork, they are stopped.
@@ -435,7 +449,7 @@ class ParallelPages(SerialPages):
         # is delivered to this process once they are unblocked here (and ``__exit__`` kills the workers).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         # What exists now is never collected in a worker: its garbage collector would touch (and so copy) every
-        # page of memory it shares with this process.
+        # page of memory it shares with this process. (``render_site`` unfreezes at its end.)
         gc.freeze()
         try:
             self.pool = ProcessPoolExecutor(
@@ -446,7 +460,6 @@ class ParallelPages(SerialPages):
             )
             self.pool.submit(int).result()  # forks every worker now (with "fork", all start at the first task)
         finally:
-            gc.unfreeze()
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return self.render
 

@@ -1,0 +1,47 @@
+"""The manifest's JSON (DESIGN §5): the compact form ``json.dumps`` gives, whatever the paths hold, and read back."""
+
+import json
+
+from publisher.destinations.manifest import FileEntry, Manifest
+
+
+def test_the_json_is_what_json_dumps_writes_and_reads_back():
+    manifest = Manifest(release="20300101T000000-b7-a2", build=7, attempt=2, created_at="now", parent=None, pages=3)
+    paths = ["b/index.html", 'quote"and\\back/index.html', "ünïcode/index.html", "a/index.html", "tab\there.css"]
+    for n, path in enumerate(paths):
+        manifest.add(FileEntry(path, f"{n:064x}", n * 1000, "text/html; charset=utf-8", f"{n:032x}" if n % 2 else ""))
+    expected = {
+        "format": 1,
+        "release": manifest.release,
+        "build": 7,
+        "attempt": 2,
+        "created_at": "now",
+        "parent": None,
+        "pages": 3,
+        "files": {
+            e.path: {
+                "sha256": e.sha256,
+                "size": e.size,
+                "type": e.content_type,
+                **({"input": e.input} if e.input else {}),
+            }
+            for e in sorted(manifest.files.values(), key=lambda e: e.path)
+        },
+    }
+    assert manifest.to_json() == json.dumps(expected, separators=(",", ":")) + "\n"
+    back = Manifest.from_json(manifest.to_json())
+    assert back == manifest
+    assert list(json.loads(manifest.to_json())["files"]) == sorted(paths)
+
+
+def test_a_manifest_without_inputs_reads_as_files_rendered_from_nothing_known():
+    text = json.dumps(
+        {
+            "format": 1,
+            "release": "r",
+            "build": 1,
+            "attempt": 1,
+            "files": {"a": {"sha256": "0" * 64, "size": 1, "type": "t"}},
+        }
+    )
+    assert Manifest.from_json(text).files["a"].input == ""
