@@ -8,8 +8,12 @@ Per size, one fresh SQLite database (in a temporary directory on the disk) gets 
 an order rotated every repeat so that no tool always runs first:
 
 - ``buildstaticsite`` into an empty ``SITE_ROOT`` (a full build), then a one-page edit
-  (``Page.objects.filter(slug=...).update(live_body=..., published_at=now)``, not timed) and ``buildstaticsite`` again;
-  with ``--full`` in the command (a later issue), also ``buildstaticsite --full`` over that live release;
+  (``Page.objects.filter(slug=...).update(live_body=..., published_at=now)``, not timed) and ``buildstaticsite`` again
+  (the second release: every folder is new), then another edit and build in the steady state (with
+  ``SITE_RELEASES_KEPT=2`` there is now a release whose folder the build takes), then ``buildstaticsite --full`` over
+  that live release;
+- "today's" ``buildstaticsite``: the code of ``--baseline-rev`` (default ``a36901a``, before issue 11's work;
+  ``git archive`` into the scratch folder, the same database), a full build into an empty ``SITE_ROOT``;
 - django-distill ``distill generate --force --quiet --exclude-staticfiles`` and django-bakery ``build --skip-static
   --skip-media`` (bench-only extras from ``requirements-bench.txt``, installed into this virtualenv when missing), each
   through its own URLconf / view in ``bench/compare/`` rendering ``publisher/site/page.html`` for the same rows, under
@@ -49,6 +53,8 @@ PYTHON = benchlib.PYTHON
 COMPARE_SETTINGS = "bench.compare.settings"
 REQUIREMENTS = ROOT / "requirements-bench.txt"
 EXTRAS = ("django-distill", "django-bakery")
+#: "Today's" build for issue 11: the last commit before its work (its migrations are this schema's).
+BASELINE_REV = "a36901a"
 RUN_TIMEOUT = 3600
 FILESYSTEMS = ("tmpfs", "disk")
 #: ``manage.py shell -c`` code: change one page's live body (a queryset update: no build request, no launch).
@@ -78,8 +84,8 @@ class Tool:
 
     key: str
     label: str
-    kind: str  # "ours", "distill", "bakery", "bare"
-    step: str = "full"  # for ours: "full", "edit", "forced"
+    kind: str  # "ours", "baseline", "distill", "bakery", "bare"
+    step: str = "full"  # for ours: "full", "edit", "steady", "forced"
     workers: int | None = None
 
 
@@ -124,6 +130,17 @@ def _installed(name):
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+def extract_baseline(rev, folder):
+    """The project at commit ``rev`` in ``folder`` (``git archive``), or ``None`` (said) when git cannot give it."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, timeout=120)
+    if archive.returncode != 0:
+        print(f"today's build not measured: git archive {rev} failed: {archive.stderr.decode(errors='replace')[:300]}")
+        return None
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True, timeout=120)
+    return folder
 
 
 def filesystem_type(path):
@@ -200,8 +217,9 @@ def tree_stats(root):
 class Runner:
     """Runs the tools of one size on one file system, in a scratch folder there."""
 
-    def __init__(self, env, scratch, *, sample_slug, edit_slug):
-        self.env = env
+    def __init__(self, env, scratch, *, sample_slug, edit_slug, baseline=None):
+        self.env = {**env, "SITE_RELEASES_KEPT": "2"}
+        self.baseline = baseline
         self.scratch = Path(scratch)
         self.sample_slug = sample_slug
         self.edit_slug = edit_slug
@@ -214,7 +232,7 @@ class Runner:
         if tool.kind == "ours":
             if tool.step == "full":
                 self.site_root = self._fresh(f"site-{tool.key}")
-            elif tool.step == "edit":
+            elif tool.step in ("edit", "steady"):
                 self.edits += 1
                 edit = EDIT.format(slug=self.edit_slug, body=f"An edited body, edit {self.edits}.\n\nSecond paragraph.")
                 done = django(env, "shell", "-c", edit)
@@ -224,6 +242,10 @@ class Runner:
             if tool.workers is not None:
                 env["BUILD_WORKERS"] = str(tool.workers)
             argv = [PYTHON, "manage.py", "buildstaticsite", *(["--full"] if tool.step == "forced" else [])]
+        elif tool.kind == "baseline":
+            output = self._fresh("baseline")
+            env["SITE_ROOT"] = str(output)
+            argv = [PYTHON, str(self.baseline / "manage.py"), "buildstaticsite"]
         elif tool.kind == "distill":
             output = self._fresh("distill")
             shutil.rmtree(output)  # distill creates it (and would ask before deleting it)
@@ -243,6 +265,8 @@ class Runner:
         figures = measure(argv, env, self.scratch / "stderr.txt")
         if tool.kind == "ours":
             output = Path(os.path.realpath(self.site_root / "current"))
+        elif tool.kind == "baseline":
+            output = Path(os.path.realpath(output / "current"))
         return figures, output
 
     def _fresh(self, name):
@@ -252,7 +276,9 @@ class Runner:
         return path
 
     def clean(self, tool, output):
-        if tool.kind != "ours":
+        if tool.kind == "baseline":
+            shutil.rmtree(self.scratch / "baseline", ignore_errors=True)
+        elif tool.kind != "ours":
             shutil.rmtree(output, ignore_errors=True)
 
     def clean_ours(self):
@@ -262,16 +288,19 @@ class Runner:
         os.sync()
 
 
-def tools_for(workers, *, has_workers, has_full, versions):
+def tools_for(workers, *, has_workers, has_full, versions, baseline=None):
     ours = []
     for count in workers if has_workers else [None]:
         suffix = f", {count} worker{'s' if count != 1 else ''}" if count is not None else ""
         ours.append(Tool(f"ours-full-{count}", f"buildstaticsite: full{suffix}", "ours", "full", count))
         ours.append(Tool(f"ours-edit-{count}", f"buildstaticsite: one-page edit{suffix}", "ours", "edit", count))
+        label = f"  edit again, a folder to take{suffix}"
+        ours.append(Tool(f"ours-steady-{count}", label, "ours", "steady", count))
         if has_full:
             label = f"buildstaticsite --full over it{suffix}"
             ours.append(Tool(f"ours-forced-{count}", label, "ours", "forced", count))
-    others = [
+    others = [Tool("baseline", f"today's buildstaticsite ({baseline}): full", "baseline")] if baseline else []
+    others += [
         Tool("distill", f"django-distill {versions['django-distill']} distill generate", "distill"),
         Tool("bakery", f"django-bakery {versions['django-bakery']} build", "bakery"),
         Tool("bare", "bare loop: render_to_string + write", "bare"),
@@ -279,7 +308,7 @@ def tools_for(workers, *, has_workers, has_full, versions):
     return ours, others
 
 
-def run_size(count, workdir, filesystems, *, repeat, ours, others):
+def run_size(count, workdir, filesystems, *, repeat, ours, others, baseline=None):
     """All repeats of all tools for one size: {fs: {tool key: Figures}}."""
     env = benchlib.fresh_database("sqlite", workdir / f"db-{count}")
     started = time.perf_counter()
@@ -291,7 +320,7 @@ def run_size(count, workdir, filesystems, *, repeat, ours, others):
     results = {}
     for fs_name, fs_dir in filesystems.items():
         scratch = Path(tempfile.mkdtemp(prefix=f"bench-compare-{count}-", dir=fs_dir))
-        runner = Runner(env, scratch, sample_slug=sample_slug, edit_slug=edit_slug)
+        runner = Runner(env, scratch, sample_slug=sample_slug, edit_slug=edit_slug, baseline=baseline)
         figures = results[fs_name] = {tool.key: Figures() for tool in ours + others}
         try:
             for rep in range(repeat):
@@ -414,11 +443,13 @@ def report(results, args, *, ours, others, filesystems, fs_types, has_workers, h
     for count, by_fs in results.items():
         for fs_name, figures in by_fs.items():
             full, bare = figures[ours[0].key], figures["bare"]
-            edit = figures[ours[1].key]
+            steady = figures[ours[2].key]
             line = (
                 f"  {count:>9,} {fs_name:5} CPU ours/bare {rel(full, bare, 'cpu')} (goal ≤ 1.2×); "
-                f"edit/full wall {rel(edit, full, 'wall')} (goal ≤ 0.20× at 100k)"
+                f"edit/full wall {rel(steady, full, 'wall')}"
             )
+            if "baseline" in figures:
+                line += f", edit/today's full wall {rel(steady, figures['baseline'], 'wall')} (goal ≤ 0.20× at 100k)"
             if has_workers and len(args.workers) > 1:
                 groups = _groups(ours)
                 last = figures[groups[-1][0].key]
@@ -446,6 +477,11 @@ def main():
     parser.add_argument("--tmpfs-dir", default="/dev/shm")
     parser.add_argument("--disk-dir", default=tempfile.gettempdir())
     parser.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
+    parser.add_argument(
+        "--baseline-rev",
+        default=BASELINE_REV,
+        help="the commit measured as today's buildstaticsite (git archive; empty: not measured)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="1,000 pages, one run each (make bench QUICK=1; explicit options win)"
     )
@@ -481,10 +517,19 @@ def main():
     try:
         env = benchlib.fresh_database("sqlite", workdir / "probe")
         has_workers, has_full = project_supports(env)
-        ours, others = tools_for(args.workers, has_workers=has_workers, has_full=has_full, versions=versions)
+        baseline = extract_baseline(args.baseline_rev, workdir / "baseline") if args.baseline_rev else None
+        ours, others = tools_for(
+            args.workers,
+            has_workers=has_workers,
+            has_full=has_full,
+            versions=versions,
+            baseline=args.baseline_rev if baseline else None,
+        )
         results = {}
         for count in args.sizes:
-            results[count] = run_size(count, workdir, filesystems, repeat=args.repeat, ours=ours, others=others)
+            results[count] = run_size(
+                count, workdir, filesystems, repeat=args.repeat, ours=ours, others=others, baseline=baseline
+            )
             shutil.rmtree(workdir / f"db-{count}", ignore_errors=True)
             if args.json:  # after every size, so a run stopped later keeps what it measured
                 Path(args.json).write_text(json.dumps({"versions": versions, "results": to_json(results)}, indent=1))
