@@ -440,8 +440,9 @@ class ParallelPages(SerialPages):
         self.store = release.worker_store()
         self.pool = None
         #: Whether this process looks at every chunk first: one whose pages can all be reused (a lookup each) is
-        #: handled here, with no render and nothing to pickle; one with a page to render goes to a worker.
-        self.sort_chunks = job.fingerprint is not None and release.reuses
+        #: handled here, with no render and nothing to pickle; one with a page to render goes to a worker. (A
+        #: writer without a worker store renders every page in the workers and reuses by its bytes, as S3 does.)
+        self.sort_chunks = job.fingerprint is not None and self.store is not None and release.reuses
 
     def start(self):
         """Fork the workers (``__exit__`` stops them); returns the function that renders rows."""
@@ -487,7 +488,7 @@ class ParallelPages(SerialPages):
             if self.sort_chunks:
                 keys = [key(row) for row in chunk]
                 if all(reusable(page_file(row[1], page_id=row[0]), k) for row, k in zip(chunk, keys, strict=True)):
-                    pending.append(self._reuse_here(chunk, keys))
+                    pending.append(_render_rows(self.job, self.store, chunk, keys))
                     continue
             if in_workers < in_workers_limit:
                 pending.append(self.pool.submit(_render_chunk, chunk, keys))
@@ -502,17 +503,6 @@ class ParallelPages(SerialPages):
         while pending:
             yield from self._collect(pending.popleft())
 
-    def _reuse_here(self, chunk, keys):
-        if self.store is not None:
-            return _render_rows(self.job, self.store, chunk, keys)
-        results = []  # a writer without a worker store: reuse (or, if refused, render) through the writer itself
-        for row, key in zip(chunk, keys, strict=True):
-            page = LivePage(*row)
-            path = page_file(page.slug, page_id=page.pk)
-            entry = self.release.reuse(path, key)
-            results.append((path, None if entry else self.job.render_page(page), key, *self.job.listing(page)))
-        return results
-
     def _collect(self, done):
         if isinstance(done, Future):
             try:
@@ -526,8 +516,7 @@ class ParallelPages(SerialPages):
         if self.store is None:
             add = self.release.add
             for path, data, key, slug, title, url in results:
-                if data is not None:  # None: reused by the writer already
-                    add(path, data, HTML, key)
+                add(path, data, HTML, key)
                 yield slug, title, url
         else:
             record = self.release.record
