@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/build_compare.py [--sizes 1000,10000,100000] [--repeat 3] [--workers 1,N]
                                             [--filesystems tmpfs,disk] [--disk-dir DIR] [--json FILE] [--quick]
+                                            [--tools ours,baseline,distill,bakery,bare]
 
 Per size, one fresh SQLite database (in a temporary directory on the disk) gets that many published pages of about
 2.4 KB (``benchlib.FILL_PAGES``: ``Page.published_copy``, live version = draft). Then, per file system and repeat, in
@@ -19,7 +20,10 @@ an order rotated every repeat so that no tool always runs first:
   through its own URLconf / view in ``bench/compare/`` rendering ``publisher/site/page.html`` for the same rows, under
   ``bench.compare.settings`` (the project's settings plus the two apps);
 - the bare loop ``bench/compare/bare_loop.py``: ``render_to_string`` + write per page, no request, no heartbeat, no
-  index, sitemap or manifest.
+  index, sitemap or manifest; with more than one ``--workers`` value, also the same loop in N forked processes that
+  render a slice of the rows each: what this machine gives N independent renderers, the ceiling of any N-way build.
+
+``--tools ours,bare`` runs only those kinds (ours, baseline, distill, bakery, bare) for a quicker look.
 
 Each run is a child of a small parent process of its own, so ``getrusage(RUSAGE_CHILDREN)`` gives that run's CPU
 (user + sys, including any worker processes it waited for) and its peak RSS (``ru_maxrss``: the largest single
@@ -86,7 +90,7 @@ class Tool:
     label: str
     kind: str  # "ours", "baseline", "distill", "bakery", "bare"
     step: str = "full"  # for ours: "full", "edit", "steady", "forced"
-    workers: int | None = None
+    workers: int | None = None  # for ours: BUILD_WORKERS; for the bare loop: its processes
 
 
 @dataclass
@@ -258,7 +262,7 @@ class Runner:
             argv = [PYTHON, "manage.py", "build", "--skip-static", "--skip-media"]
         elif tool.kind == "bare":
             output = self._fresh("bare")
-            argv = [PYTHON, "-m", "bench.compare.bare_loop", str(output)]
+            argv = [PYTHON, "-m", "bench.compare.bare_loop", str(output), "--processes", str(tool.workers or 1)]
         else:
             raise ValueError(tool.kind)
         os.sync()
@@ -305,7 +309,15 @@ def tools_for(workers, *, has_workers, has_full, versions, baseline=None):
         Tool("bakery", f"django-bakery {versions['django-bakery']} build", "bakery"),
         Tool("bare", "bare loop: render_to_string + write", "bare"),
     ]
+    if len(workers) > 1:
+        many = workers[-1]
+        others.append(Tool(f"bare-{many}", f"  the same in {many} processes, a slice each", "bare", workers=many))
     return ours, others
+
+
+def only(tools, kinds):
+    """``tools`` whose kind is in ``kinds`` (all when empty)."""
+    return [tool for tool in tools if not kinds or tool.kind in kinds]
 
 
 def run_size(count, workdir, filesystems, *, repeat, ours, others, baseline=None):
@@ -343,7 +355,7 @@ def run_size(count, workdir, filesystems, *, repeat, ours, others, baseline=None
                         files, size, written, written_size = tree_stats(output)
                         page = output / sample_slug / "index.html"
                         page_bytes = page.read_bytes() if page.exists() else None
-                        if tool.kind == "bare":
+                        if tool.key == "bare":
                             reference = page_bytes
                         f = figures[tool.key]
                         f.wall.append(probe["wall"])
@@ -394,6 +406,14 @@ def rel(figures, base, name):
     return times(benchlib.ratio(figures.median(name), base.median(name)))
 
 
+def paired(a, b):
+    """The median over repeats of ``a``'s wall time over ``b``'s in the same repeat (the machine's speed drifts
+    between repeats; within one, the two ran minutes apart at most): "n/a" unless both ran every repeat."""
+    if a.failures or b.failures or len(a.wall) != len(b.wall) or not a.wall:
+        return "n/a"
+    return times(statistics.median(x / y for x, y in zip(a.wall, b.wall, strict=True)))
+
+
 def report(results, args, *, ours, others, filesystems, fs_types, has_workers, has_full, info):
     print()
     print(f"buildstaticsite against django-distill, django-bakery and a bare loop; medians of {args.repeat}")
@@ -442,7 +462,7 @@ def report(results, args, *, ours, others, filesystems, fs_types, has_workers, h
     print("the issue's goals, from the medians above")
     for count, by_fs in results.items():
         for fs_name, figures in by_fs.items():
-            full, bare = figures[ours[0].key], figures["bare"]
+            full, bare = figures[ours[0].key], figures.get("bare", Figures())
             steady = figures[ours[2].key]
             line = (
                 f"  {count:>9,} {fs_name:5} CPU ours/bare {rel(full, bare, 'cpu')} (goal ≤ 1.2×); "
@@ -454,7 +474,12 @@ def report(results, args, *, ours, others, filesystems, fs_types, has_workers, h
                 groups = _groups(ours)
                 last = figures[groups[-1][0].key]
                 few, many = args.workers[0], args.workers[-1]
-                line += f"; full wall {few}/{many} workers {rel(full, last, 'wall')} (goal ≥ 1.7×)"
+                line += f"; full wall {few}/{many} workers {rel(full, last, 'wall')} (goal ≥ 1.7×"
+                line += f", per repeat {paired(full, last)})"
+                split = figures.get(f"bare-{many}")
+                if split is not None and split.wall:
+                    line += f", the bare loop's 1/{many} processes {rel(bare, split, 'wall')}"
+                    line += f" (per repeat {paired(bare, split)})"
             print(line)
 
 
@@ -481,6 +506,11 @@ def main():
         "--baseline-rev",
         default=BASELINE_REV,
         help="the commit measured as today's buildstaticsite (git archive; empty: not measured)",
+    )
+    parser.add_argument(
+        "--tools",
+        default="",
+        help="comma-separated kinds to run (ours, baseline, distill, bakery, bare); default: all",
     )
     parser.add_argument(
         "--quick", action="store_true", help="1,000 pages, one run each (make bench QUICK=1; explicit options win)"
@@ -525,6 +555,11 @@ def main():
             versions=versions,
             baseline=args.baseline_rev if baseline else None,
         )
+        kinds = {kind.strip() for kind in args.tools.split(",") if kind.strip()}
+        unknown = sorted(kinds - {"ours", "baseline", "distill", "bakery", "bare"})
+        if unknown or (kinds and "ours" not in kinds):
+            parser.error(f"--tools: unknown kind {', '.join(unknown)}" if unknown else "--tools must include ours")
+        others = only(others, kinds)
         results = {}
         for count in args.sizes:
             results[count] = run_size(
