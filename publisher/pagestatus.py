@@ -8,6 +8,13 @@ release went live. Until then it waits for the build that will read it, is being
 Builds run one at a time, so their start times rise with their ids. ``publish_statuses`` answers for a whole page
 list in two queries: the successful builds that went live since the oldest publish in the list, and the builds
 that matter to pages none of those covers (the open ones, and those that ended badly since).
+
+An operator may roll the site back to an older release (``rollbacksite``, the admin's rollback). Then what is on the
+site is that release's build's reading of the content: a publish made after that build started is off the site
+again, although a later build carried it, until the next build goes live. The live pointer (``status.live_site``,
+cached a few seconds) names the live release's build; when it is one of ours with that release, a change is on the
+site only if that build started at or after it (a third query when that build is older than the oldest publish in
+the list). When the pointer cannot be read, or names a release no build here recorded, the builds alone decide.
 """
 
 import bisect
@@ -28,6 +35,7 @@ class StatusKind(enum.Enum):
     BUILDING = "building"  # a running build has read it
     LIVE = "live"  # a build that read it went live
     TAKEN_DOWN = "taken_down"  # it was unpublished, and a build without it went live
+    ROLLED_BACK = "rolled_back"  # a build carried it, then the site was rolled back to a release from before it
     FAILED = "failed"  # the build that read it (or was to) failed; the sentence says whether it is retried
 
 
@@ -70,6 +78,7 @@ def publish_statuses(pages):
     starts = [build["started_at"] for build in went_live]
     uncovered = [moment for moment in published if not starts or moment > starts[-1]]
     others = _builds_for_uncovered(min(uncovered)) if uncovered else []
+    live = _live_build(went_live) if went_live else None
     clock = Clock(timezone.now())
     statuses = {}
     for page in pages:
@@ -77,11 +86,29 @@ def publish_statuses(pages):
             statuses[page.pk] = _without_a_time(page)
             continue
         first = bisect.bisect_left(starts, page.published_at)
-        if first < len(went_live):
-            statuses[page.pk] = _on_the_site(page, went_live[first], clock)
-        else:
+        if first >= len(went_live):
             statuses[page.pk] = _not_yet(page, others, clock)
+        elif live is not None and live["started_at"] < page.published_at:
+            statuses[page.pk] = _rolled_back(page, live)
+        else:
+            statuses[page.pk] = _on_the_site(page, went_live[first], clock, live=live)
     return statuses
+
+
+def _live_build(went_live):
+    """The build whose release the live pointer names (``pk``, ``started_at``, ``release``), or ``None`` when that
+    is not known: no pointer, an unreadable one, or a release that no build here recorded under that id."""
+    from .status import live_site
+
+    # A pointer cached before the newest of these builds went live may predate it: read it again then.
+    site, _unreadable = live_site(read_after=went_live[-1]["finished_at"])
+    if site is None or not site.build or not site.release:
+        return None
+    for build in reversed(went_live):  # usually the newest one
+        if build["pk"] == site.build:
+            return build if build["release"] == site.release else None
+    found = Build.objects.filter(pk=site.build, release=site.release, started_at__isnull=False)
+    return found.values("pk", "started_at", "release").first()
 
 
 def _builds_for_uncovered(since):
@@ -99,11 +126,25 @@ def _without_a_time(page):
     )
 
 
-def _on_the_site(page, build, clock):
+def _on_the_site(page, build, clock, *, live=None):
+    """``build`` is the first that carried the publish live; ``live`` the live release's, when known (a later one,
+    or an older one that also carries it after a rollback)."""
     at = clock.time(build["finished_at"])
     if page.is_published:
-        return PageStatus(StatusKind.LIVE, f"live since {at} (release {build['release']})", build["pk"])
+        now = live or build
+        return PageStatus(StatusKind.LIVE, f"live since {at} (release {now['release']})", now["pk"])
     return PageStatus(StatusKind.TAKEN_DOWN, f"taken down; off the site since {at}", build["pk"])
+
+
+def _rolled_back(page, live):
+    """A build carried the publish at ``page.published_at`` live, but the live release now is an older one's."""
+    where = f"the site was rolled back to release {live['release']} (build #{live['pk']}), from before"
+    if page.is_published:
+        words = f"off the site again: {where} this change — the next build puts it back (publish again, or ask an "
+        words += "operator to rebuild)"
+    else:
+        words = f"taken down, but back on the site: {where} it was taken down — the next build takes it off again"
+    return PageStatus(StatusKind.ROLLED_BACK, words, live["pk"])
 
 
 def _not_yet(page, builds, clock):

@@ -34,7 +34,7 @@ ETA_FROM_LAST = 5
 KEY_REJECTED_STATUSES = frozenset({401, 403})
 #: How long the live pointer is trusted before it is read again (seconds), per process.
 LIVE_TTL = 3.0
-_live_cache = {"at": float("-inf"), "key": None, "value": None}
+_live_cache = {"at": float("-inf"), "read_at": None, "key": None, "value": None}
 _live_lock = threading.Lock()
 
 
@@ -372,9 +372,10 @@ def _configuration_warnings():
 # --- The live site -------------------------------------------------------------------------------------------------
 
 
-def live_site():
+def live_site(*, read_after=None):
     """``(LiveSite or None, StatusWarning or None)``; the pointer (or the error reading it) cached ``LIVE_TTL``
-    seconds per process, so polling admins do not read S3 on every request."""
+    seconds per process, so polling admins do not read S3 on every request. ``read_after`` (an aware datetime): a
+    pointer cached before that moment is read again (a build that went live since may have moved it)."""
     from .destinations import DestinationError, get_destination
 
     try:
@@ -383,8 +384,10 @@ def live_site():
     except ImproperlyConfigured as exc:
         return None, _unreadable(exc)
     with _live_lock:
-        if _live_cache["key"] == key and time.monotonic() - _live_cache["at"] < LIVE_TTL:
+        fresh = read_after is None or _live_cache["read_at"] is None or _live_cache["read_at"] >= read_after
+        if _live_cache["key"] == key and time.monotonic() - _live_cache["at"] < LIVE_TTL and fresh:
             return _live_cache["value"]
+    read_at = datetime.datetime.now(datetime.UTC)
     try:
         live = destination.live_release()
     except DestinationError as exc:
@@ -393,14 +396,14 @@ def live_site():
     else:
         value = (_live_view(live, destination), None) if live else (None, None)
     with _live_lock:
-        _live_cache.update(at=time.monotonic(), key=key, value=value)
+        _live_cache.update(at=time.monotonic(), read_at=read_at, key=key, value=value)
     return value
 
 
 def forget_live_site():
     """Drop the cached pointer (after a rollback, and between tests)."""
     with _live_lock:
-        _live_cache.update(at=float("-inf"), key=None, value=None)
+        _live_cache.update(at=float("-inf"), read_at=None, key=None, value=None)
 
 
 def _live_view(live, destination):

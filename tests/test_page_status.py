@@ -271,3 +271,138 @@ def test_the_status_line_follows_the_build_in_a_browser(web, editor, browser_pag
     assert page.locator("#page-status-words").inner_text().endswith(f"(release {build.release})")
     assert page.locator("#id_body").input_value() == "Typing while it builds."
     shot(page, tmp_path, "status-followed-the-build")
+
+
+# --- After a rollback: what the live release carries -------------------------------------------------------------
+
+
+def run_one_build():
+    from publisher import builds, runner
+    from publisher.launchers import recording
+
+    builds.request_build("x")
+    launch = recording.launches[-1]
+    runner.run(builds.claim(launch["build_id"], launch["token"]))
+    return Build.objects.get(pk=launch["build_id"])
+
+
+def roll_back_to(build):
+    from publisher import status as site_status
+    from publisher.destinations import get_destination
+
+    get_destination().rollback(build.release)
+    site_status.forget_live_site()
+
+
+@pytest.fixture
+def live_site(site_root):
+    from publisher import status as site_status
+
+    site_status.forget_live_site()
+    yield site_root
+    site_status.forget_live_site()
+
+
+def edit(page, body):
+    page = Page.objects.get(pk=page.pk)
+    page.body = body
+    page.save()
+    page.publish()
+    return page
+
+
+def test_a_rollback_to_a_release_from_before_the_change_takes_it_off_the_site(live_site):
+    """Rolling back makes the older release's reading of the content live: the edit a later build carried is off the
+    site until the next build goes live, and the status says so, naming the release and the build."""
+    page = Page(slug="hello", title="Hello", body="first")
+    page.publish()
+    first = run_one_build()
+    page = edit(page, "second")
+    second = run_one_build()
+    assert (status(page).kind, status(page).build_id) == (StatusKind.LIVE, second.pk)
+    assert str(status(page)).endswith(f"(release {second.release})")
+
+    roll_back_to(first)
+    got = status(page)
+    assert (got.kind, got.build_id, got.moving) == (StatusKind.ROLLED_BACK, first.pk, False)
+    assert str(got) == (
+        f"off the site again: the site was rolled back to release {first.release} (build #{first.pk}), from before "
+        "this change — the next build puts it back (publish again, or ask an operator to rebuild)"
+    )
+    assert b"second" not in (live_site / "current" / "hello" / "index.html").read_bytes(), "and indeed it is not"
+
+    third = run_one_build()
+    assert (status(page).kind, status(page).build_id) == (StatusKind.LIVE, third.pk)
+
+
+def test_a_page_older_than_the_release_rolled_back_to_stays_live_and_names_that_release(live_site):
+    older = Page(slug="older", title="Older", body="o")
+    older.publish()
+    first = run_one_build()
+    newer = Page(slug="newer", title="Newer", body="n")
+    newer.publish()
+    run_one_build()
+    roll_back_to(first)
+    statuses = publish_statuses([Page.objects.get(pk=older.pk), Page.objects.get(pk=newer.pk)])
+    assert (statuses[older.pk].kind, statuses[older.pk].build_id) == (StatusKind.LIVE, first.pk)
+    assert str(statuses[older.pk]).endswith(f"(release {first.release})")
+    assert statuses[newer.pk].kind == StatusKind.ROLLED_BACK
+
+
+def test_a_page_taken_down_is_back_on_the_site_after_a_rollback_to_before(live_site):
+    page = Page(slug="gone", title="Gone", body="g")
+    page.publish()
+    first = run_one_build()
+    page = Page.objects.get(pk=page.pk)
+    page.unpublish()
+    run_one_build()
+    assert status(page).kind == StatusKind.TAKEN_DOWN
+    roll_back_to(first)
+    got = status(page)
+    assert got.kind == StatusKind.ROLLED_BACK
+    assert str(got).startswith(f"taken down, but back on the site: the site was rolled back to release {first.release}")
+    assert (live_site / "current" / "gone" / "index.html").exists(), "and indeed it is"
+
+
+def test_a_pointer_to_a_release_no_build_here_recorded_leaves_the_builds_to_decide(live_site):
+    """A live pointer whose build id names another release here (a copied site root, a reused database) is not
+    trusted: the statuses are the builds' alone, as before any rollback."""
+    page = Page(slug="hello", title="Hello", body="first")
+    page.publish()
+    first = run_one_build()
+    page = edit(page, "second")
+    second = run_one_build()
+    roll_back_to(first)
+    Build.objects.filter(pk=first.pk).update(release="20261201T000000-b999-a1")
+    assert (status(page).kind, status(page).build_id) == (StatusKind.LIVE, second.pk)
+
+
+def test_after_a_rollback_to_a_build_older_than_every_publish_one_more_query(live_site, django_assert_num_queries):
+    """The live build is looked up among the builds that went live since the oldest publish; one query more only
+    when it is older than all of them (every page here is covered: the open builds are not asked for)."""
+    first = run_one_build()  # before any publish: it is not among the builds that went live since
+    pages = [Page(slug=f"p{i}", title=f"P{i}") for i in range(5)]
+    for page in pages:
+        page.publish()
+    run_one_build()
+    with django_assert_num_queries(1):
+        assert {s.kind for s in publish_statuses(pages).values()} == {StatusKind.LIVE}
+    roll_back_to(first)
+    with django_assert_num_queries(2):
+        statuses = publish_statuses(pages)
+    assert {(s.kind, s.build_id) for s in statuses.values()} == {(StatusKind.ROLLED_BACK, first.pk)}
+
+
+def test_a_pointer_cached_before_the_newest_build_went_live_is_read_again(live_site):
+    """The pointer is cached a few seconds; one read before the build that carried a change went live names the
+    build before it, which must not read as a rollback."""
+    page = Page(slug="hello", title="Hello", body="first")
+    page.publish()
+    run_one_build()
+    page = edit(page, "second")
+    from publisher import status as site_status
+
+    first_live, _problem = site_status.live_site()  # as the banner of any admin page does: now cached
+    second = run_one_build()
+    assert site_status.live_site()[0] == first_live, "still cached"
+    assert (status(page).kind, status(page).build_id) == (StatusKind.LIVE, second.pk)
