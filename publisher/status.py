@@ -345,21 +345,27 @@ def _last_build_warnings():
 
 
 def _sweep_warnings(at):
+    """Silent for ``SWEEP_SILENT_AFTER`` of its intervals: every minute while a worker runs the django-q2 schedule,
+    every 10 minutes when Heroku Scheduler runs ``sweepbuilds`` instead (DESIGN §7; ``doctor.sweep_interval``, so the
+    banner and the doctor agree). The schedule is only looked at once the sweep is older than the shortest."""
+    from .doctor import sweep_interval
+
     ran_at = SweepStatus.objects.values_list("ran_at", flat=True).first()
-    silent_after = SWEEP_INTERVAL * SWEEP_SILENT_AFTER
     hint = "Start the worker (manage.py qcluster), or schedule manage.py sweepbuilds."
     if ran_at is None:
         return [StatusWarning(WarningKind.SWEEP_SILENT, "The sweep has never run.", hint)]
-    if _seconds(at - ran_at) >= silent_after:
-        return [
-            StatusWarning(
-                WarningKind.SWEEP_SILENT,
-                f"The sweep has not run since {_clock(ran_at)} ({words(at - ran_at)} ago); it runs every "
-                f"{words(datetime.timedelta(seconds=SWEEP_INTERVAL))}.",
-                hint,
-            )
-        ]
-    return []
+    if _seconds(at - ran_at) < SWEEP_INTERVAL * SWEEP_SILENT_AFTER:
+        return []
+    every, who = sweep_interval(at)
+    if _seconds(at - ran_at) < every * SWEEP_SILENT_AFTER:
+        return []
+    return [
+        StatusWarning(
+            WarningKind.SWEEP_SILENT,
+            f"The sweep has not run since {_clock(ran_at)} ({words(at - ran_at)} ago); {who}.",
+            hint,
+        )
+    ]
 
 
 def _configuration_warnings():

@@ -179,14 +179,46 @@ def test_repeated_failures_stop_retries(clock, swept, site_root, limits):
     assert warning.kind == status.WarningKind.REPEATED_FAILURES and "last 3 builds failed" in warning.message
 
 
+def worker_schedule(clock, *, running):
+    """The sweep's django-q2 schedule as a running worker keeps it (``next_run`` within the minute ahead), or as
+    it stays when no worker runs it (Heroku Scheduler runs ``sweepbuilds`` instead)."""
+    from django_q.models import Schedule
+
+    from publisher import sweep
+
+    sweep.ensure_schedule()
+    next_run = clock.now + timedelta(seconds=30) if running else clock.now - timedelta(hours=1)
+    Schedule.objects.filter(name=sweep.SCHEDULE_NAME).update(next_run=next_run)
+
+
 def test_the_sweep_silent_for_three_intervals(clock, site_root):
     assert kinds(status.snapshot()) == [status.WarningKind.SWEEP_SILENT], "never ran"
     SweepStatus.objects.create(ran_at=clock.now, passes=1)
     clock.advance(3 * status.SWEEP_INTERVAL - 1)
+    worker_schedule(clock, running=True)
     assert status.snapshot().warnings == []
     clock.advance(1)
+    worker_schedule(clock, running=True)
     (warning,) = status.snapshot().warnings
     assert warning.kind == status.WarningKind.SWEEP_SILENT and "has not run since" in warning.message
+    assert warning.message.endswith("ago); a worker runs its schedule every 1 min.")
+
+
+def test_with_heroku_scheduler_instead_of_a_worker_the_sweep_is_silent_after_three_of_its_intervals(clock, site_root):
+    """No worker runs the schedule (the Procfile's worker is off; Heroku Scheduler runs ``sweepbuilds`` every 10
+    minutes, DESIGN §7): a sweep 10 minutes old is on time, as the doctor says, and silent only after 30."""
+    from publisher import doctor
+
+    SweepStatus.objects.create(ran_at=clock.now, passes=1)
+    clock.advance(29 * 60)
+    worker_schedule(clock, running=False)
+    assert status.snapshot().warnings == []
+    assert [f.level for f in doctor.sweep_findings()] == [doctor.Level.OK]
+    clock.advance(60 + 1)
+    (warning,) = status.snapshot().warnings
+    assert warning.kind == status.WarningKind.SWEEP_SILENT
+    assert "no worker runs its schedule; with Heroku Scheduler it runs every 10 min" in warning.message
+    assert [f.level for f in doctor.sweep_findings()] == [doctor.Level.FAIL]
 
 
 def test_the_silent_sweep_interval_is_the_schedules(db):
