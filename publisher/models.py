@@ -385,6 +385,8 @@ class Build(models.Model):
             # Pruning by age, and "the last success" for consecutive failures.
             models.Index(fields=["state", "created_at"], name="publisher_build_state_created"),
             models.Index(fields=["state", "id"], name="publisher_build_state_id"),
+            # Page statuses: the builds of a state that started since the oldest publish in a page list.
+            models.Index(fields=["state", "started_at"], name="publisher_build_state_started"),
         ]
         constraints = [
             # At most one active build. The active states differ, so a unique index on `state` cannot hold this:

@@ -70,11 +70,7 @@ def publish_statuses(pages):
     published = [page.published_at for page in pages if page.published_at is not None]
     if not published:
         return {page.pk: _without_a_time(page) for page in pages}
-    went_live = list(
-        Build.objects.filter(WENT_LIVE, state=S.SUCCEEDED, started_at__gte=min(published))
-        .order_by("started_at", "pk")
-        .values("pk", "started_at", "finished_at", "release")
-    )
+    went_live = list(went_live_since(min(published)))
     starts = [build["started_at"] for build in went_live]
     uncovered = [moment for moment in published if not starts or moment > starts[-1]]
     others = _builds_for_uncovered(min(uncovered)) if uncovered else []
@@ -93,6 +89,16 @@ def publish_statuses(pages):
         else:
             statuses[page.pk] = _on_the_site(page, went_live[first], clock, live=live)
     return statuses
+
+
+def went_live_since(moment):
+    """The successful builds that went live and started at or after ``moment``, oldest first (an index range:
+    ``publisher_build_state_started``)."""
+    return (
+        Build.objects.filter(WENT_LIVE, state=S.SUCCEEDED, started_at__gte=moment)
+        .order_by("started_at", "pk")
+        .values("pk", "started_at", "finished_at", "release")
+    )
 
 
 def _live_build(went_live):

@@ -406,3 +406,25 @@ def test_a_pointer_cached_before_the_newest_build_went_live_is_read_again(live_s
     second = run_one_build()
     assert site_status.live_site()[0] == first_live, "still cached"
     assert (status(page).kind, status(page).build_id) == (StatusKind.LIVE, second.pk)
+
+
+def test_the_builds_that_went_live_since_a_publish_are_an_index_range_whatever_the_history():
+    """With months of builds the page list asks for the few since its oldest publish, not every success (SQLite's
+    plan names the index; 46 ms -> 5 ms for 100 pages against 100,000 past builds)."""
+    from django.db import connection
+
+    from publisher.pagestatus import went_live_since
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the plan checked is SQLite's (PostgreSQL picks by its statistics)")
+    plan = went_live_since(timezone.now()).explain()
+    assert "publisher_build_state_started" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_the_models_and_the_migrations_agree():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("makemigrations", "publisher", "--check", "--dry-run", stdout=out, stderr=out)
