@@ -45,3 +45,27 @@ def test_a_manifest_without_inputs_reads_as_files_rendered_from_nothing_known():
         }
     )
     assert Manifest.from_json(text).files["a"].input == ""
+
+
+def test_a_manifest_read_beside_another_shares_the_entries_they_have_in_common():
+    """A build holds the live manifest and the recycled release's: their equal entries are held once, and an entry
+    that differs in anything (bytes, size, type, input) is the file's own."""
+    live = Manifest(release="r1", build=1, attempt=1)
+    for n in range(6):
+        live.add(FileEntry(f"p{n}/index.html", f"{n:064x}", 100 + n, "text/html; charset=utf-8", f"{n:032x}"))
+    other = Manifest.from_json(live.to_json())
+    changed = {
+        "p1/index.html": {"sha256": "f" * 64},
+        "p2/index.html": {"size": 1},
+        "p3/index.html": {"type": "text/plain"},
+    }
+    data = json.loads(other.to_json())
+    for path, fields in changed.items():
+        data["files"][path].update(fields)
+    del data["files"]["p4/index.html"]["input"]  # rendered from an unknown input
+    data["files"]["new/index.html"] = {"sha256": "e" * 64, "size": 5, "type": "text/css"}
+    read = Manifest.from_json(json.dumps(data), shared=live.files)
+    same = {path for path, entry in read.files.items() if entry is live.files.get(path)}
+    assert same == {"p0/index.html", "p5/index.html"}
+    assert read.files["p1/index.html"].sha256 == "f" * 64 and read.files["p4/index.html"].input == ""
+    assert json.loads(read.to_json())["files"] == data["files"]

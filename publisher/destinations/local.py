@@ -393,11 +393,11 @@ class LocalDestination(BaseDestination):
         except (OSError, ValueError):
             return {}
 
-    def manifest(self, name):
+    def manifest(self, name, *, shared=None):
         from .manifest import Manifest
 
         try:
-            return Manifest.from_json((self.site.releases / name / MANIFEST).read_text())
+            return Manifest.from_json((self.site.releases / name / MANIFEST).read_text(), shared=shared)
         except (OSError, ValueError, KeyError) as exc:
             raise ReleaseNotFound(f"Release {name} has no readable manifest ({type(exc).__name__}).") from None
 
@@ -414,19 +414,19 @@ class LocalDestination(BaseDestination):
                 live_files = self.manifest(live).files
             except ReleaseNotFound as exc:
                 logger.warning("Writing every file of %s: %s", name, exc)
-        base = self._recyclable(live)
+        base = self._recyclable(live, shared=live_files)
         return LocalReleaseWriter(
             self, name=name, build=build, attempt=attempt, parent=live, live_files=live_files, base=base, full=full
         )
 
-    def _recyclable(self, live):
+    def _recyclable(self, live, *, shared=None):
         """``(name, manifest files)`` of the oldest release that the prune after this build would delete (the
         newest ``KEPT`` and the live one stay), or ``None``. Its folder becomes the new release's."""
         names = self.site.complete_releases()
         doomed = [n for n in names[: max(0, len(names) + 1 - self.site.kept)] if n != live]
         for candidate in doomed[:1]:
             try:
-                return candidate, self.manifest(candidate).files
+                return candidate, self.manifest(candidate, shared=shared).files
             except ReleaseNotFound:
                 return None  # pruned as usual
         return None
