@@ -69,3 +69,17 @@ def test_a_manifest_read_beside_another_shares_the_entries_they_have_in_common()
     assert same == {"p0/index.html", "p5/index.html"}
     assert read.files["p1/index.html"].sha256 == "f" * 64 and read.files["p4/index.html"].input == ""
     assert json.loads(read.to_json())["files"] == data["files"]
+
+
+def test_the_json_in_parts_is_the_json_whatever_the_count():
+    """The local destination writes the manifest part by part; every count of entries (none, one part exactly,
+    parts and a rest) gives the same text as ``to_json``, which is json's."""
+    for count in (0, 1, 3, 4, 7, 8):
+        manifest = Manifest(release="r", build=1, attempt=1)
+        for n in range(count):
+            manifest.add(FileEntry(f"p{n}/index.html", f"{n:064x}", n, "text/html; charset=utf-8"))
+        parts = list(manifest.json_parts(entries_per_part=4))
+        assert "".join(parts) == manifest.to_json(), count
+        assert json.loads("".join(parts))["files"] == json.loads(manifest.to_json())["files"]
+        assert len(json.loads("".join(parts))["files"]) == count
+        assert len(parts) == 2 + count // 4, (count, parts)  # the head, each full part, the rest

@@ -209,8 +209,12 @@ class ReleaseFiles:
         return False
 
     def create(self, path, data):
-        """Store ``data`` as a new file ``path`` (never linked: ``manifest.json``, ``release.json``)."""
-        self._create(self._target(path), data)
+        """Store ``data`` as a new file ``path`` (never linked: ``manifest.json``, ``release.json``); ``data`` is
+        bytes, or an iterable of ``str`` parts written one by one as UTF-8."""
+        if isinstance(data, bytes | bytearray | memoryview):
+            self._create(self._target(path), data)
+        else:
+            self._create_parts(self._target(path), data)
 
     def remove_leftovers(self, keep):
         """Delete the recycled release's files whose paths are not in ``keep`` (the new manifest), and the folders
@@ -275,15 +279,19 @@ class ReleaseFiles:
             return False
 
     def _create(self, target, data):
+        self._create_parts(target, (data,))
+
+    def _create_parts(self, target, parts):
         try:
             fd = os.open(target, _WRITE_FLAGS, 0o666)
         except FileExistsError:
             os.unlink(target)  # replace, never write through: it may be a link to a live release's file
             fd = os.open(target, _WRITE_FLAGS, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in parts:
+                view = memoryview(part.encode("utf-8") if isinstance(part, str) else part)
+                while view:
+                    view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
 
@@ -440,7 +448,7 @@ class LocalDestination(BaseDestination):
         meta = {"build": manifest.build, "attempt": manifest.attempt, "name": writer.name, "time": manifest.created_at}
         if writer.recycled is not None:
             writer.files.remove_leftovers(manifest.files)
-        writer.files.create(MANIFEST, manifest.to_json().encode())
+        writer.files.create(MANIFEST, manifest.json_parts())
         writer.files.create("release.json", (json.dumps({**meta, "pages": pages}, indent=2) + "\n").encode())
         with critical_section():
             os.rename(writer.path, writer.final_path)
