@@ -149,7 +149,8 @@ def _rolled_back(page, live):
         words = f"off the site again: {where} this change — the next build puts it back (publish again, or ask an "
         words += "operator to rebuild)"
     else:
-        words = f"taken down, but back on the site: {where} it was taken down — the next build takes it off again"
+        # Whether that release has the page at all depends on when it was first published, which is not kept.
+        words = f"taken down, but {where} it was taken down: the page may be back on the site until the next build"
     return PageStatus(StatusKind.ROLLED_BACK, words, live["pk"])
 
 

@@ -360,7 +360,10 @@ def test_a_page_taken_down_is_back_on_the_site_after_a_rollback_to_before(live_s
     roll_back_to(first)
     got = status(page)
     assert got.kind == StatusKind.ROLLED_BACK
-    assert str(got).startswith(f"taken down, but back on the site: the site was rolled back to release {first.release}")
+    assert str(got) == (
+        f"taken down, but the site was rolled back to release {first.release} (build #{first.pk}), from before it "
+        "was taken down: the page may be back on the site until the next build"
+    )
     assert (live_site / "current" / "gone" / "index.html").exists(), "and indeed it is"
 
 
