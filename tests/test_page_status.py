@@ -11,6 +11,8 @@ from django.utils import timezone
 from publisher.models import Build, BuildState, Page
 from publisher.pagestatus import StatusKind, publish_status, publish_statuses
 
+from .test_admin_builds import run_one_build
+
 pytestmark = pytest.mark.django_db
 S = BuildState
 
@@ -274,16 +276,6 @@ def test_the_status_line_follows_the_build_in_a_browser(web, editor, browser_pag
 
 
 # --- After a rollback: what the live release carries -------------------------------------------------------------
-
-
-def run_one_build():
-    from publisher import builds, runner
-    from publisher.launchers import recording
-
-    builds.request_build("x")
-    launch = recording.launches[-1]
-    runner.run(builds.claim(launch["build_id"], launch["token"]))
-    return Build.objects.get(pk=launch["build_id"])
 
 
 def roll_back_to(build):
