@@ -9,8 +9,6 @@ any N-way build of the same pages.
 
 import argparse
 import multiprocessing
-import os
-import sys
 from pathlib import Path
 
 
@@ -37,8 +35,8 @@ def render(output, part=0, parts=1):
 def _render_part(output, part, parts):
     from django.db import connections
 
-    connections.close_all()  # a forked process opens its own connection
-    sys.exit(0 if render(output, part, parts) >= 0 else 1)
+    connections.close_all()  # a forked process opens its own connection (an error exits it with 1)
+    render(output, part, parts)
 
 
 def main(output, processes=1):
@@ -59,7 +57,6 @@ def main(output, processes=1):
     failed = [child.exitcode for child in children if child.exitcode != 0]
     if failed:
         raise SystemExit(f"a render process exited {failed[0]}")
-    return sum(1 for _ in os.scandir(output))
 
 
 if __name__ == "__main__":
