@@ -51,14 +51,17 @@ def watch_progress(page, *, timeout):
     seen = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        bar = page.locator("#publisher-active .publisher-progress")
-        if bar.count() == 0:
+        # One read in the page: the banner is replaced every few seconds and the bar goes when the build ends, so a
+        # count then a separate read of the attribute could wait for a bar that is gone.
+        bar = page.evaluate(
+            "() => { const bar = document.querySelector('#publisher-active .publisher-progress');"
+            " return bar ? {value: bar.getAttribute('value')} : null; }"
+        )
+        if bar is None:
             if seen:
                 return seen
-        else:
-            value = bar.first.get_attribute("value")
-            if value is not None and (not seen or seen[-1] != int(value)):
-                seen.append(int(value))
+        elif bar["value"] is not None and (not seen or seen[-1] != int(bar["value"])):
+            seen.append(int(bar["value"]))
         page.wait_for_timeout(200)
     raise AssertionError(f"the build did not finish within {timeout}s; progress seen: {seen}")
 
