@@ -284,11 +284,21 @@ def _render_into(release, renderer, pages, total, job, stylesheet_file, progress
         sitemap = SitemapWriter(release, base_url, tz=job.tz)
         sitemap.add(page_url(base_url))
         done = 0
-        for slug, title, url in render_pages(pages.iterator(chunk_size=2000)):
-            index.add_escaped(slug, title)
-            sitemap.add_entry(url)
-            done += 1
-            progress.advance(done)
+        rows = pages.iterator(chunk_size=2000)
+        listings = render_pages(rows)
+        try:
+            for slug, title, url in listings:
+                index.add_escaped(slug, title)
+                sitemap.add_entry(url)
+                done += 1
+                progress.advance(done)
+        finally:
+            # However rendering ends, the query's cursor is closed here and now. Left to the garbage collector (the
+            # generators sit in the traceback's cycle), a PostgreSQL server-side cursor would be closed at any later
+            # moment, possibly inside another query on the same connection, which holds the lock its close takes:
+            # the process would hang there for good.
+            listings.close()
+            rows.close()
     index.close()
     sitemap.close()
     not_found = {"root": page_url(base_url), "stylesheet": stylesheet}
