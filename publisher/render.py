@@ -297,8 +297,10 @@ def _render_into(release, renderer, pages, total, job, stylesheet_file, progress
             # generators sit in the traceback's cycle), a PostgreSQL server-side cursor would be closed at any later
             # moment, possibly inside another query on the same connection, which holds the lock its close takes:
             # the process would hang there for good.
-            listings.close()
-            rows.close()
+            for started in (listings, rows):
+                close = getattr(started, "close", None)  # generators; a plain iterator has nothing to close
+                if close is not None:
+                    close()
     index.close()
     sitemap.close()
     not_found = {"root": page_url(base_url), "stylesheet": stylesheet}
