@@ -293,10 +293,10 @@ def _render_into(release, renderer, pages, total, job, stylesheet_file, progress
                 done += 1
                 progress.advance(done)
         finally:
-            # However rendering ends, the query's cursor is closed here and now. Left to the garbage collector (the
-            # generators sit in the traceback's cycle), a PostgreSQL server-side cursor would be closed at any later
-            # moment, possibly inside another query on the same connection, which holds the lock its close takes:
-            # the process would hang there for good.
+            # However rendering ends, the query's cursor is closed here and now. Left to the garbage collector (when
+            # a reference cycle keeps the generators alive), a PostgreSQL server-side cursor would be closed at any
+            # later moment, possibly inside another query on the same connection, which holds the lock its close
+            # takes: the process would hang there for good.
             for started in (listings, rows):
                 close = getattr(started, "close", None)  # generators; a plain iterator has nothing to close
                 if close is not None:
